@@ -1,0 +1,587 @@
+// FM-index over per-document-reversed token text: one shard of a knowledge base.
+//
+// Text layout: rev(doc_0) SEP rev(doc_1) SEP ... rev(doc_{n-1}) SEP $, with symbol 0 = $, 1 = SEP and
+// 2 + r for the r-th distinct token id (the alphabet is compacted and sorted, so symbol order is token
+// order). Because each document is reversed, backward search consumes a prefix p_1..p_k *forward*, and
+// the BWT over the suffix-array range of that prefix lists the tokens that follow it in the documents.
+// SEP never occurs in a query, so no match can span two documents.
+//
+// Structures (all in one file, memory-mapped on open):
+//   * a wavelet matrix over the BWT with one-cache-line rank (extend, count, next tokens, LF);
+//   * D[c] = C[c] - start of c in the matrix's bottom level, so a range mapped down the matrix gives the
+//     child range directly;
+//   * a sampled "document array": rows whose text position is a multiple of `sample_rate` or the first
+//     token of a document carry their document number; LookupDoc walks LF until it meets one
+//     (< sample_rate steps, never across a document start);
+//   * a cache of the continuation lists of the root and of frequent short prefixes (GetNext on them would
+//     otherwise enumerate thousands of symbols).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gemkr/rank_bitvector.hpp"
+#include "gemkr/sais.hpp"
+
+namespace gemkr {
+
+constexpr char kMagic[8] = {'G', 'E', 'M', 'K', 'R', 'F', 'M', 'I'};
+constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kSymEnd = 0;  // $
+constexpr uint32_t kSymSep = 1;  // document separator
+constexpr uint32_t kSymFirstToken = 2;
+
+class FormatError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A half-open row range [lo, hi) of the suffix array.
+struct Range {
+  uint64_t lo = 0, hi = 0;
+  uint64_t size() const { return hi - lo; }
+  bool empty() const { return hi <= lo; }
+};
+
+struct Child {
+  uint32_t token;
+  uint64_t lo, hi;
+};
+
+struct BuildParams {
+  uint32_t sample_rate = 16;
+  uint32_t cache_min_children = 128;  // cache a prefix's continuations when it has at least this many
+  uint32_t cache_max_depth = 3;       // ... and is at most this many tokens long
+  double cache_max_fraction = 0.02;   // cached child entries <= this fraction of the text length
+};
+
+namespace fm_detail {
+
+// Section table of the file; every section starts at a 64-byte boundary.
+enum Section : uint32_t {
+  kAlphabet = 0,    // uint32[sigma - 2]: token id of each token symbol
+  kD,               // int64[sigma]
+  kC,               // uint64[sigma + 1]
+  kZeros,           // uint64[levels]
+  kLevels,          // uint64[levels * blocks * 8]
+  kSampleBits,      // uint64[blocks * 8]
+  kSampleDocs,      // uint32[n_samples]
+  kCacheKeys,       // uint64[2 * cache_entries]: lo, hi
+  kCacheOffsets,    // uint64[cache_entries + 1]
+  kCacheChildren,   // uint32[3 * cache_children]: token, lo, hi
+  kNumSections
+};
+
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t levels;
+  uint64_t n_rows;  // text length including separators and $
+  uint64_t n_tokens;
+  uint64_t n_docs;
+  uint64_t sigma;
+  uint64_t sample_rate;
+  uint64_t max_doc_len;
+  uint64_t n_samples;
+  uint64_t cache_entries;
+  uint64_t cache_children;
+  uint64_t file_size;
+  uint64_t offsets[kNumSections];
+  uint64_t sizes[kNumSections];  // in bytes
+};
+
+inline uint64_t align64(uint64_t x) { return (x + 63) & ~uint64_t(63); }
+
+inline uint32_t bit_width(uint64_t x) {
+  uint32_t w = 0;
+  while (x) {
+    ++w;
+    x >>= 1;
+  }
+  return w;
+}
+
+}  // namespace fm_detail
+
+class FMIndex {
+ public:
+  // ---- construction -------------------------------------------------------------------------------
+  // Builds the shard for documents tokens[doc_offsets[d] .. doc_offsets[d+1]) and writes it to `path`.
+  static void build(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs, const std::string& path,
+                    const BuildParams& params);
+
+  // Opens a shard file by mmap. Throws FormatError for a wrong magic, a newer version or a short file.
+  explicit FMIndex(const std::string& path);
+  ~FMIndex();
+  FMIndex(const FMIndex&) = delete;
+  FMIndex& operator=(const FMIndex&) = delete;
+
+  // ---- properties ---------------------------------------------------------------------------------
+  uint64_t n_rows() const { return h_.n_rows; }
+  uint64_t n_tokens() const { return h_.n_tokens; }
+  uint64_t n_docs() const { return h_.n_docs; }
+  uint64_t sigma() const { return h_.sigma; }
+  uint32_t levels() const { return h_.levels; }
+  uint64_t sample_rate() const { return h_.sample_rate; }
+  uint64_t max_doc_len() const { return h_.max_doc_len; }
+  uint64_t cache_entries() const { return h_.cache_entries; }
+  uint64_t file_size() const { return h_.file_size; }
+  const uint32_t* alphabet() const { return alphabet_; }
+  uint64_t alphabet_size() const { return h_.sigma - kSymFirstToken; }
+
+  // ---- search -------------------------------------------------------------------------------------
+  Range root() const { return Range{0, h_.n_rows}; }
+
+  // Symbol of a token id, or 0 if the token never occurs in this shard.
+  uint32_t symbol(uint64_t token) const {
+    const uint32_t* end = alphabet_ + alphabet_size();
+    const uint32_t* it = std::lower_bound(alphabet_, end, token);
+    if (it == end || *it != token) return 0;
+    return uint32_t(it - alphabet_) + kSymFirstToken;
+  }
+
+  // Range of prefix+token given the range of prefix (one backward-search step).
+  Range extend(Range r, uint64_t token) const {
+    if (r.empty()) return Range{0, 0};
+    const uint32_t c = symbol(token);
+    if (c == 0) return Range{0, 0};
+    return extend_symbol(r, c);
+  }
+
+  Range extend_symbol(Range r, uint32_t c) const {
+    uint64_t lo = r.lo, hi = r.hi;
+    for (uint32_t lev = 0; lev < h_.levels; ++lev) {
+      const RankView& bv = level_[lev];
+      const uint64_t rl = bv.rank1(lo), rh = bv.rank1(hi);
+      if ((c >> (h_.levels - 1 - lev)) & 1) {
+        lo = zeros_[lev] + rl;
+        hi = zeros_[lev] + rh;
+      } else {
+        lo -= rl;
+        hi -= rh;
+      }
+      if (lo == hi) return Range{0, 0};
+    }
+    return Range{uint64_t(D_[c] + int64_t(lo)), uint64_t(D_[c] + int64_t(hi))};
+  }
+
+  Range search(const uint64_t* ids, uint64_t n) const {
+    Range r = root();
+    for (uint64_t i = 0; i < n && !r.empty(); ++i) r = extend(r, ids[i]);
+    return r;
+  }
+
+  // Distinct tokens following the prefix whose range is r, in increasing token order, with child ranges.
+  void children(Range r, std::vector<Child>& out) const {
+    if (r.empty()) return;
+    if (!cache_.empty()) {
+      auto it = cache_.find(cache_key(r));
+      if (it != cache_.end()) {
+        const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
+        for (uint64_t k = b; k < e; ++k) {
+          const uint32_t* ch = cache_children_ + 3 * k;
+          out.push_back(Child{ch[0], ch[1], ch[2]});
+        }
+        return;
+      }
+    }
+    enumerate(r.lo, r.hi, 0, 0, out);
+  }
+
+  // ---- documents ----------------------------------------------------------------------------------
+  // LF mapping: the row of the suffix that starts one position earlier in the text.
+  uint64_t lf(uint64_t i) const {
+    uint64_t c = 0;
+    for (uint32_t lev = 0; lev < h_.levels; ++lev) {
+      uint64_t r1;
+      const bool bit = level_[lev].get_rank1(i, &r1);
+      if (bit) {
+        i = zeros_[lev] + r1;
+        c = (c << 1) | 1;
+      } else {
+        i -= r1;
+        c <<= 1;
+      }
+    }
+    return uint64_t(D_[c] + int64_t(i));
+  }
+
+  // Local document number of the occurrence at row i (the row must lie inside a match of a query).
+  uint32_t doc_of_row(uint64_t i) const {
+    while (!samples_.get(i)) i = lf(i);
+    return sample_docs_[samples_.rank1(i)];
+  }
+
+  // Local doc number if every occurrence of the range lies in one document, else -1.
+  int64_t unique_doc(Range r) const {
+    if (r.empty() || r.size() > h_.max_doc_len) return -1;  // a doc of length L holds <= L occurrences
+    const uint32_t d = doc_of_row(r.lo);
+    if (r.size() == 1) return d;
+    if (doc_of_row(r.hi - 1) != d) return -1;
+    for (uint64_t i = r.lo + 1; i + 1 < r.hi; ++i)
+      if (doc_of_row(i) != d) return -1;
+    return d;
+  }
+
+  // Sorted distinct local doc numbers of all occurrences.
+  void docs(Range r, std::vector<uint32_t>& out) const {
+    const size_t start = out.size();
+    for (uint64_t i = r.lo; i < r.hi; ++i) out.push_back(doc_of_row(i));
+    std::sort(out.begin() + start, out.end());
+    out.erase(std::unique(out.begin() + start, out.end()), out.end());
+  }
+
+ private:
+  static uint64_t cache_key(Range r) { return (r.lo << 32) ^ r.hi; }
+
+  void enumerate(uint64_t lo, uint64_t hi, uint32_t lev, uint64_t c, std::vector<Child>& out) const {
+    if (lev == h_.levels) {
+      if (c >= kSymFirstToken)
+        out.push_back(Child{alphabet_[c - kSymFirstToken], uint64_t(D_[c] + int64_t(lo)),
+                            uint64_t(D_[c] + int64_t(hi))});
+      return;
+    }
+    const RankView& bv = level_[lev];
+    const uint64_t rl = bv.rank1(lo), rh = bv.rank1(hi);
+    if (lo - rl < hi - rh) enumerate(lo - rl, hi - rh, lev + 1, c << 1, out);
+    if (rl < rh) enumerate(zeros_[lev] + rl, zeros_[lev] + rh, lev + 1, (c << 1) | 1, out);
+  }
+
+  template <typename T>
+  const T* section(fm_detail::Section s) const {
+    return reinterpret_cast<const T*>(base_ + h_.offsets[s]);
+  }
+
+  std::string path_;
+  const uint8_t* base_ = nullptr;
+  size_t mapped_ = 0;
+  fm_detail::Header h_{};
+  const uint32_t* alphabet_ = nullptr;
+  const int64_t* D_ = nullptr;
+  const uint64_t* zeros_ = nullptr;
+  std::vector<RankView> level_;
+  RankView samples_;
+  const uint32_t* sample_docs_ = nullptr;
+  const uint64_t* cache_offsets_ = nullptr;
+  const uint32_t* cache_children_ = nullptr;
+  std::unordered_map<uint64_t, uint64_t> cache_;
+};
+
+// ===================================================================================================
+// Implementation
+// ===================================================================================================
+
+inline FMIndex::FMIndex(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw FormatError("cannot open shard file " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw FormatError("cannot stat shard file " + path);
+  }
+  const uint64_t size = uint64_t(st.st_size);
+  if (size < sizeof(fm_detail::Header)) {
+    ::close(fd);
+    throw FormatError("shard file " + path + " is truncated (" + std::to_string(size) + " bytes)");
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw FormatError("cannot mmap shard file " + path + ": " + std::strerror(errno));
+  base_ = static_cast<const uint8_t*>(p);
+  mapped_ = size;
+  std::memcpy(&h_, base_, sizeof(h_));
+  auto fail = [&](const std::string& why) {
+    ::munmap(const_cast<uint8_t*>(base_), mapped_);
+    base_ = nullptr;
+    throw FormatError("shard file " + path + ": " + why);
+  };
+  if (std::memcmp(h_.magic, kMagic, 8) != 0) fail("not a gemkr FM-index shard (bad magic)");
+  if (h_.version > kFormatVersion)
+    fail("format version " + std::to_string(h_.version) + " is newer than this library's " +
+         std::to_string(kFormatVersion) + "; upgrade gemkr-llamaindex or rebuild the KB");
+  if (h_.version < 1) fail("unknown format version " + std::to_string(h_.version));
+  if (h_.file_size != size)
+    fail("size " + std::to_string(size) + " differs from the recorded " + std::to_string(h_.file_size) +
+         " (truncated or corrupt); rebuild the KB");
+  for (uint32_t s = 0; s < fm_detail::kNumSections; ++s)
+    if (h_.offsets[s] + h_.sizes[s] > size) fail("section " + std::to_string(s) + " runs past the end of the file");
+  if (h_.levels == 0 || h_.levels > 33 || h_.sigma < 2) fail("implausible header");
+
+  alphabet_ = section<uint32_t>(fm_detail::kAlphabet);
+  D_ = section<int64_t>(fm_detail::kD);
+  zeros_ = section<uint64_t>(fm_detail::kZeros);
+  const uint64_t blocks = rank_blocks_for(h_.n_rows);
+  const uint64_t* lv = section<uint64_t>(fm_detail::kLevels);
+  level_.resize(h_.levels);
+  for (uint32_t l = 0; l < h_.levels; ++l) level_[l] = RankView{lv + l * blocks * kBlockWords, h_.n_rows};
+  samples_ = RankView{section<uint64_t>(fm_detail::kSampleBits), h_.n_rows};
+  sample_docs_ = section<uint32_t>(fm_detail::kSampleDocs);
+  cache_offsets_ = section<uint64_t>(fm_detail::kCacheOffsets);
+  cache_children_ = section<uint32_t>(fm_detail::kCacheChildren);
+  const uint64_t* keys = section<uint64_t>(fm_detail::kCacheKeys);
+  cache_.reserve(h_.cache_entries);
+  for (uint64_t e = 0; e < h_.cache_entries; ++e) cache_.emplace(cache_key(Range{keys[2 * e], keys[2 * e + 1]}), e);
+}
+
+inline FMIndex::~FMIndex() {
+  if (base_) ::munmap(const_cast<uint8_t*>(base_), mapped_);
+}
+
+namespace fm_detail {
+
+class FileWriter {
+ public:
+  explicit FileWriter(const std::string& path) : path_(path), f_(std::fopen(path.c_str(), "wb")) {
+    if (!f_) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+  }
+  ~FileWriter() {
+    if (f_) std::fclose(f_);
+  }
+  void write(const void* data, uint64_t n) {
+    if (n && std::fwrite(data, 1, n, f_) != n) throw std::runtime_error("write failed for " + path_);
+    pos_ += n;
+  }
+  void pad_to(uint64_t pos) {
+    static const uint8_t zeros[64] = {0};
+    while (pos_ < pos) write(zeros, std::min<uint64_t>(64, pos - pos_));
+  }
+  uint64_t pos() const { return pos_; }
+  void seek_start() {
+    if (std::fseek(f_, 0, SEEK_SET) != 0) throw std::runtime_error("seek failed for " + path_);
+  }
+  void close() {
+    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0 || std::fclose(f_) != 0) {
+      f_ = nullptr;
+      throw std::runtime_error("close failed for " + path_);
+    }
+    f_ = nullptr;
+  }
+
+ private:
+  std::string path_;
+  std::FILE* f_;
+  uint64_t pos_ = 0;
+};
+
+}  // namespace fm_detail
+
+inline void FMIndex::build(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs,
+                           const std::string& path, const BuildParams& params) {
+  using namespace fm_detail;
+  if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index shard with no documents");
+  if (params.sample_rate == 0) throw std::invalid_argument("sample_rate must be >= 1");
+  const uint64_t n_tokens = doc_offsets[n_docs] - doc_offsets[0];
+  const uint64_t N = n_tokens + n_docs + 1;
+  if (N >= (uint64_t(1) << 31) - 1)
+    throw std::invalid_argument("shard too large (" + std::to_string(N) +
+                                " symbols); the limit is 2^31-2: use more shards");
+  const uint32_t* tok0 = tokens + doc_offsets[0];
+
+  // Alphabet: the distinct token ids, sorted.
+  std::vector<uint32_t> alphabet;
+  {
+    uint32_t max_tok = 0;
+    for (uint64_t i = 0; i < n_tokens; ++i) max_tok = std::max(max_tok, tok0[i]);
+    if (max_tok < (uint32_t(1) << 28)) {
+      std::vector<uint64_t> seen((uint64_t(max_tok) + 64) / 64, 0);
+      for (uint64_t i = 0; i < n_tokens; ++i) seen[tok0[i] >> 6] |= uint64_t(1) << (tok0[i] & 63);
+      for (uint64_t w = 0; w < seen.size(); ++w)
+        for (uint64_t b = seen[w]; b; b &= b - 1) alphabet.push_back(uint32_t(w * 64 + __builtin_ctzll(b)));
+    } else {
+      alphabet.assign(tok0, tok0 + n_tokens);
+      std::sort(alphabet.begin(), alphabet.end());
+      alphabet.erase(std::unique(alphabet.begin(), alphabet.end()), alphabet.end());
+    }
+  }
+  const uint64_t sigma = alphabet.size() + kSymFirstToken;
+  const uint32_t levels = std::max<uint32_t>(1, bit_width(sigma - 1));
+
+  // Text: per-document reversed symbols, SEP after each document, $ at the end. Doc starts are marked.
+  std::vector<int32_t> T(N);
+  RankBuilder doc_start(N);
+  uint64_t max_doc_len = 0;
+  {
+    uint64_t out = 0;
+    for (uint64_t d = 0; d < n_docs; ++d) {
+      const uint64_t b = doc_offsets[d], e = doc_offsets[d + 1];
+      max_doc_len = std::max(max_doc_len, e - b);
+      doc_start.set(out);
+      for (uint64_t k = e; k > b; --k) {
+        const uint32_t tok = tokens[k - 1];
+        T[out++] = int32_t(std::lower_bound(alphabet.begin(), alphabet.end(), tok) - alphabet.begin() +
+                           kSymFirstToken);
+      }
+      T[out++] = int32_t(kSymSep);
+    }
+    T[out++] = int32_t(kSymEnd);
+  }
+  doc_start.finalize();
+  const RankView ds = doc_start.view();
+
+  std::vector<int32_t> SA(N);
+  suffix_array(T.data(), SA.data(), int64_t(N), int32_t(sigma));
+
+  // Document samples, then the BWT written over the suffix array.
+  RankBuilder samples(N);
+  std::vector<uint32_t> sample_docs;
+  sample_docs.reserve(N / params.sample_rate + n_docs + 1);
+  for (uint64_t i = 0; i < N; ++i) {
+    const uint64_t p = uint64_t(SA[i]);
+    if (p % params.sample_rate == 0 || ds.get(p)) {
+      samples.set(i);
+      sample_docs.push_back(uint32_t(ds.rank1(p + 1) - 1));
+    }
+    SA[i] = T[p == 0 ? N - 1 : p - 1];
+  }
+  samples.finalize();
+  std::vector<int32_t>().swap(T);
+  std::vector<uint32_t> cur(reinterpret_cast<uint32_t*>(SA.data()), reinterpret_cast<uint32_t*>(SA.data()) + N);
+  std::vector<int32_t>().swap(SA);
+
+  std::vector<uint64_t> C(sigma + 1, 0);
+  for (uint64_t i = 0; i < N; ++i) ++C[cur[i] + 1];
+  for (uint64_t c = 0; c < sigma; ++c) C[c + 1] += C[c];
+
+  // Wavelet matrix, most significant bit first.
+  const uint64_t blocks = rank_blocks_for(N);
+  std::vector<uint64_t> level_blocks(uint64_t(levels) * blocks * kBlockWords);
+  std::vector<uint64_t> zeros(levels);
+  {
+    std::vector<uint32_t> nxt(N);
+    for (uint32_t lev = 0; lev < levels; ++lev) {
+      const uint32_t shift = levels - 1 - lev;
+      RankBuilder bits(N);
+      uint64_t z = 0;
+      for (uint64_t i = 0; i < N; ++i) {
+        if ((cur[i] >> shift) & 1)
+          bits.set(i);
+        else
+          ++z;
+      }
+      bits.finalize();
+      zeros[lev] = z;
+      uint64_t zi = 0, oi = z;
+      for (uint64_t i = 0; i < N; ++i) {
+        if ((cur[i] >> shift) & 1)
+          nxt[oi++] = cur[i];
+        else
+          nxt[zi++] = cur[i];
+      }
+      cur.swap(nxt);
+      std::copy(bits.blocks().begin(), bits.blocks().end(), level_blocks.begin() + lev * blocks * kBlockWords);
+    }
+  }
+  std::vector<int64_t> D(sigma, 0);
+  {
+    std::vector<uint64_t> start(sigma, 0);
+    for (uint64_t i = N; i > 0; --i) start[cur[i - 1]] = i - 1;
+    for (uint64_t c = 0; c < sigma; ++c) D[c] = int64_t(C[c]) - int64_t(start[c]);
+  }
+  std::vector<uint32_t>().swap(cur);
+
+  // Write everything except the cache, then reopen to compute the cache with the real query code.
+  Header h{};
+  std::memcpy(h.magic, kMagic, 8);
+  h.version = kFormatVersion;
+  h.levels = levels;
+  h.n_rows = N;
+  h.n_tokens = n_tokens;
+  h.n_docs = n_docs;
+  h.sigma = sigma;
+  h.sample_rate = params.sample_rate;
+  h.max_doc_len = max_doc_len;
+  h.n_samples = sample_docs.size();
+
+  struct Blob {
+    const void* data;
+    uint64_t bytes;
+  };
+  auto write_file = [&](const std::string& out_path, const std::vector<Blob>& blobs) {
+    uint64_t pos = align64(sizeof(Header));
+    for (uint32_t s = 0; s < kNumSections; ++s) {
+      h.offsets[s] = pos;
+      h.sizes[s] = blobs[s].bytes;
+      pos = align64(pos + blobs[s].bytes);
+    }
+    h.file_size = pos;
+    FileWriter w(out_path);
+    w.write(&h, sizeof(h));
+    for (uint32_t s = 0; s < kNumSections; ++s) {
+      w.pad_to(h.offsets[s]);
+      w.write(blobs[s].data, blobs[s].bytes);
+    }
+    w.pad_to(h.file_size);
+    w.close();
+  };
+
+  std::vector<uint64_t> cache_keys, cache_offsets{0};
+  std::vector<uint32_t> cache_children;
+  auto blobs = [&]() {
+    std::vector<Blob> b(kNumSections);
+    b[kAlphabet] = {alphabet.data(), alphabet.size() * 4};
+    b[kD] = {D.data(), D.size() * 8};
+    b[kC] = {C.data(), C.size() * 8};
+    b[kZeros] = {zeros.data(), zeros.size() * 8};
+    b[kLevels] = {level_blocks.data(), level_blocks.size() * 8};
+    b[kSampleBits] = {samples.blocks().data(), samples.blocks().size() * 8};
+    b[kSampleDocs] = {sample_docs.data(), sample_docs.size() * 4};
+    b[kCacheKeys] = {cache_keys.data(), cache_keys.size() * 8};
+    b[kCacheOffsets] = {cache_offsets.data(), cache_offsets.size() * 8};
+    b[kCacheChildren] = {cache_children.data(), cache_children.size() * 4};
+    return b;
+  };
+  h.cache_entries = 0;
+  h.cache_children = 0;
+  write_file(path, blobs());
+
+  // Cache: breadth-first over prefixes of length 0..max_depth, most frequent first, while within budget.
+  {
+    FMIndex idx(path);
+    const uint64_t budget = uint64_t(params.cache_max_fraction * double(N));
+    std::vector<Range> frontier{idx.root()};
+    std::vector<Child> kids;
+    uint64_t cached_below_root = 0;  // the root's list is always cached and not charged to the budget
+    for (uint32_t depth = 0; depth <= params.cache_max_depth && !frontier.empty(); ++depth) {
+      std::sort(frontier.begin(), frontier.end(), [](Range a, Range b) { return a.size() > b.size(); });
+      std::vector<Range> next;
+      for (const Range& r : frontier) {
+        kids.clear();
+        idx.enumerate(r.lo, r.hi, 0, 0, kids);
+        if (depth > 0 && kids.size() < params.cache_min_children) continue;
+        if (depth > 0 && cached_below_root + kids.size() > budget) break;
+        if (depth > 0) cached_below_root += kids.size();
+        cache_keys.push_back(r.lo);
+        cache_keys.push_back(r.hi);
+        for (const Child& k : kids) {
+          cache_children.push_back(k.token);
+          cache_children.push_back(uint32_t(k.lo));
+          cache_children.push_back(uint32_t(k.hi));
+          if (k.hi - k.lo >= params.cache_min_children) next.push_back(Range{k.lo, k.hi});
+        }
+        cache_offsets.push_back(cache_children.size() / 3);
+      }
+      frontier.swap(next);
+    }
+  }
+  h.cache_entries = cache_keys.size() / 2;
+  h.cache_children = cache_children.size() / 3;
+  const std::string tmp = path + ".tmp";
+  write_file(tmp, blobs());
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+
+}  // namespace gemkr

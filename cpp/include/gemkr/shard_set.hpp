@@ -1,0 +1,155 @@
+// A knowledge base made of several FM-index shards, queried as one.
+//
+// A search state is one row range per shard, laid out as int64 [lo, hi] pairs: a batch of B states is a
+// contiguous int64 array of shape (B, S, 2). Every batched call below crosses the Python boundary once.
+// Merge rules across shards: next tokens are the union, counts add up, document lists concatenate
+// (shards hold consecutive document numbers), and a prefix has a unique document only if exactly one
+// shard has occurrences and they all lie in one document.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemkr/fm_index.hpp"
+
+namespace gemkr {
+
+struct ChildrenResult {
+  std::vector<int64_t> offsets;  // B + 1
+  std::vector<int64_t> tokens;   // M
+  std::vector<int64_t> counts;   // M
+  std::vector<int64_t> states;   // M * S * 2
+};
+
+class ShardSet {
+ public:
+  explicit ShardSet(const std::vector<std::string>& paths) {
+    uint64_t base = 0;
+    for (const auto& p : paths) {
+      shards_.push_back(std::make_unique<FMIndex>(p));
+      doc_base_.push_back(base);
+      base += shards_.back()->n_docs();
+    }
+    n_docs_ = base;
+  }
+
+  size_t n_shards() const { return shards_.size(); }
+  uint64_t n_docs() const { return n_docs_; }
+  const FMIndex& shard(size_t s) const { return *shards_[s]; }
+  uint64_t doc_base(size_t s) const { return doc_base_[s]; }
+
+  void root(int64_t* state) const {
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      state[2 * s] = 0;
+      state[2 * s + 1] = int64_t(shards_[s]->n_rows());
+    }
+  }
+
+  void search(const int64_t* ids, int64_t n, int64_t* state) const {
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      Range r = shards_[s]->root();
+      for (int64_t i = 0; i < n && !r.empty(); ++i) r = ids[i] < 0 ? Range{0, 0} : shards_[s]->extend(r, uint64_t(ids[i]));
+      state[2 * s] = int64_t(r.lo);
+      state[2 * s + 1] = int64_t(r.hi);
+    }
+  }
+
+  void extend(const int64_t* states, const int64_t* tokens, int64_t B, int64_t* out) const {
+    const size_t S = shards_.size();
+    for (int64_t b = 0; b < B; ++b) {
+      for (size_t s = 0; s < S; ++s) {
+        const int64_t* st = states + (b * S + s) * 2;
+        Range r = tokens[b] < 0 ? Range{0, 0} : shards_[s]->extend(range_of(st), uint64_t(tokens[b]));
+        out[(b * S + s) * 2] = int64_t(r.lo);
+        out[(b * S + s) * 2 + 1] = int64_t(r.hi);
+      }
+    }
+  }
+
+  void counts(const int64_t* states, int64_t B, int64_t* out) const {
+    const size_t S = shards_.size();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t c = 0;
+      for (size_t s = 0; s < S; ++s) c += int64_t(range_of(states + (b * S + s) * 2).size());
+      out[b] = c;
+    }
+  }
+
+  // Global doc number per state, or -1 (no occurrence, or occurrences in more than one document).
+  void unique_docs(const int64_t* states, int64_t B, int64_t* out) const {
+    const size_t S = shards_.size();
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t found = -1;
+      int nonempty = 0;
+      for (size_t s = 0; s < S; ++s) {
+        const Range r = range_of(states + (b * S + s) * 2);
+        if (r.empty()) continue;
+        if (++nonempty > 1) break;
+        const int64_t d = shards_[s]->unique_doc(r);
+        found = d < 0 ? -1 : int64_t(doc_base_[s]) + d;
+      }
+      out[b] = nonempty == 1 ? found : -1;
+    }
+  }
+
+  // Sorted distinct global doc numbers containing the state's prefix.
+  std::vector<int64_t> docs(const int64_t* state) const {
+    std::vector<int64_t> out;
+    std::vector<uint32_t> local;
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      local.clear();
+      shards_[s]->docs(range_of(state + 2 * s), local);
+      for (uint32_t d : local) out.push_back(int64_t(doc_base_[s]) + d);
+    }
+    return out;  // shards hold increasing doc numbers, so the concatenation stays sorted
+  }
+
+  // Continuations of each state: tokens in increasing order, their occurrence counts and child states.
+  void children(const int64_t* states, int64_t B, ChildrenResult& res) const {
+    const size_t S = shards_.size();
+    res.offsets.assign(1, 0);
+    std::vector<std::vector<Child>> per(S);
+    std::vector<size_t> pos(S);
+    for (int64_t b = 0; b < B; ++b) {
+      for (size_t s = 0; s < S; ++s) {
+        per[s].clear();
+        shards_[s]->children(range_of(states + (b * S + s) * 2), per[s]);
+        pos[s] = 0;
+      }
+      // k-way merge by token id (S is small).
+      while (true) {
+        uint64_t tok = UINT64_MAX;
+        for (size_t s = 0; s < S; ++s)
+          if (pos[s] < per[s].size()) tok = std::min<uint64_t>(tok, per[s][pos[s]].token);
+        if (tok == UINT64_MAX) break;
+        int64_t cnt = 0;
+        res.tokens.push_back(int64_t(tok));
+        for (size_t s = 0; s < S; ++s) {
+          if (pos[s] < per[s].size() && per[s][pos[s]].token == tok) {
+            const Child& c = per[s][pos[s]++];
+            res.states.push_back(int64_t(c.lo));
+            res.states.push_back(int64_t(c.hi));
+            cnt += int64_t(c.hi - c.lo);
+          } else {
+            res.states.push_back(0);
+            res.states.push_back(0);
+          }
+        }
+        res.counts.push_back(cnt);
+      }
+      res.offsets.push_back(int64_t(res.tokens.size()));
+    }
+  }
+
+ private:
+  static Range range_of(const int64_t* st) {
+    return st[1] > st[0] ? Range{uint64_t(st[0]), uint64_t(st[1])} : Range{0, 0};
+  }
+
+  std::vector<std::unique_ptr<FMIndex>> shards_;
+  std::vector<uint64_t> doc_base_;
+  uint64_t n_docs_ = 0;
+};
+
+}  // namespace gemkr

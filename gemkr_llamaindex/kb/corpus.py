@@ -1,0 +1,137 @@
+"""Read documents from the formats knowledge-based VQA uses, as ``(doc_id, text)`` pairs.
+
+Accepted sources: an iterable of ``(doc_id, text)`` pairs or of LlamaIndex nodes/Documents, or a path:
+
+* ``.jsonl`` / ``.json`` lines: one object per line with an id and a text field (configurable);
+* ``.csv``: a header with an id column (``kid``, ``id``, ``passage_id``) and a text column (``text``,
+  ``passage_content``): the OKVQA-GS112K and ReMuQ corpora;
+* ``.tsv``: the same, or DPR's ``psgs_w100.tsv`` (``id``, ``text``, ``title``); a title column is
+  prepended to the text as ``"{title}. {text}"`` unless ``include_title=False``.
+
+Rows are decoded one at a time so a non-UTF-8 row is reported with its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gemkr_llamaindex.kb.errors import CorpusError
+
+ID_COLUMNS = ("id", "kid", "passage_id", "doc_id", "_id")
+TEXT_COLUMNS = ("text", "passage_content", "contents", "content", "passage")
+TITLE_COLUMNS = ("title",)
+
+
+def _decoded_lines(path: Path) -> Iterator[str]:
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(
+                    f"{path}:{line_no}: row is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "re-encode the file as UTF-8"
+                ) from None
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise CorpusError(f"{path}: no {what} column {wanted!r}; columns found: {columns}")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise CorpusError(
+        f"{path}: cannot find the {what} column; expected one of {list(candidates)}, found {columns}. "
+        f"Name it with id_field=/text_field= (CLI: --id-field/--text-field)"
+    )
+
+
+def _read_jsonl(path: Path, id_field: str | None, text_field: str | None, title_field: str | None,
+                include_title: bool) -> Iterator[tuple[str, str]]:
+    id_key = id_field or "id"
+    text_key = text_field or "text"
+    for line_no, line in enumerate(_decoded_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict) or id_key not in row or text_key not in row:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise CorpusError(
+                f"{path}:{line_no}: expected fields {id_key!r} and {text_key!r}, found {keys}; "
+                "set id_field=/text_field="
+            )
+        text = str(row[text_key])
+        title = row.get(title_field) if title_field else None
+        if include_title and title:
+            text = f"{title}. {text}"
+        yield str(row[id_key]), text
+
+
+def _read_delimited(path: Path, delimiter: str, id_field: str | None, text_field: str | None,
+                    title_field: str | None, include_title: bool) -> Iterator[tuple[str, str]]:
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.reader(_decoded_lines(path), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise CorpusError(f"{path}: the file is empty") from None
+    id_col = header.index(_pick(header, id_field, ID_COLUMNS, "id", path))
+    text_col = header.index(_pick(header, text_field, TEXT_COLUMNS, "text", path))
+    title_name = title_field or next((c for c in TITLE_COLUMNS if c in header), None)
+    title_col = header.index(title_name) if (include_title and title_name in header) else None
+    for row in reader:
+        if not row:
+            continue
+        if len(row) <= max(id_col, text_col, title_col or 0):
+            raise CorpusError(f"{path}:{reader.line_num}: row has {len(row)} fields, header has {len(header)}")
+        text = row[text_col]
+        if title_col is not None and row[title_col].strip():
+            text = f"{row[title_col].strip()}. {text}"
+        yield row[id_col], text
+
+
+def read_corpus_file(path: str | Path, *, id_field: str | None = None, text_field: str | None = None,
+                     title_field: str | None = None, include_title: bool = True) -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` pairs from a JSONL, CSV or TSV corpus file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return _read_jsonl(path, id_field, text_field, title_field, include_title)
+    if suffix == ".csv":
+        return _read_delimited(path, ",", id_field, text_field, title_field, include_title)
+    if suffix == ".tsv":
+        return _read_delimited(path, "\t", id_field, text_field, title_field, include_title)
+    raise CorpusError(f"{path}: unknown corpus format {suffix!r}; use .jsonl, .csv or .tsv")
+
+
+def iter_documents(source: Any, **file_options: Any) -> Iterator[tuple[str, str]]:
+    """Normalise any accepted source into ``(doc_id, text)`` pairs (ids as strings)."""
+    if isinstance(source, (str, Path)):
+        yield from read_corpus_file(source, **file_options)
+        return
+    if not isinstance(source, Iterable):
+        raise CorpusError(f"cannot read documents from a {type(source).__name__}")
+    for row, item in enumerate(source):
+        if hasattr(item, "node_id") and hasattr(item, "get_content"):  # LlamaIndex BaseNode / Document
+            yield str(item.node_id), item.get_content()
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            doc_id, text = item
+            if not isinstance(text, str):
+                raise CorpusError(f"document {row} ({doc_id!r}): text must be a str, got {type(text).__name__}")
+            yield str(doc_id), text
+        else:
+            raise CorpusError(
+                f"document {row}: expected a (doc_id, text) pair or a LlamaIndex node, got {type(item).__name__}"
+            )

@@ -1,0 +1,470 @@
+"""The knowledge base: documents, their token ids, and a sharded FM-index that answers the decoder.
+
+GeMKR's three interfaces map to: GetNext -> :meth:`KnowledgeBase.next_tokens`, ValidDistinct ->
+:meth:`KnowledgeBase.unique_doc`, LookupDoc -> :meth:`KnowledgeBase.doc_ids`. Constrained decoding uses
+the stateful API instead (:meth:`root_states`, :meth:`extend`, :meth:`children`, :meth:`unique_docs`) so
+that a beam's prefix is never searched again from its first token.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gemkr_llamaindex import __version__
+from gemkr_llamaindex.kb import _fmindex
+from gemkr_llamaindex.kb.corpus import iter_documents
+from gemkr_llamaindex.kb.errors import CorpusError, IndexFormatError, KBError, TokenizerMismatchError
+from gemkr_llamaindex.kb.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    StringStore,
+    StringStoreWriter,
+    check_files,
+    file_records,
+    read_manifest,
+    write_manifest,
+)
+from gemkr_llamaindex.kb.tokenization import Normalization, encode_batch, resolve_tokenizer, vocab_hash
+
+# Peak build memory is about 10.5 bytes per token (text + suffix array, then BWT + wavelet levels);
+# 12 leaves room for Python-side buffers.
+BUILD_BYTES_PER_TOKEN = 12
+MAX_SHARD_SYMBOLS = (1 << 31) - 3
+VERIFY_AUTO_LIMIT = 1 << 30  # open() verifies checksums automatically below this total size
+
+
+@dataclass(frozen=True)
+class Children:
+    """Continuations of a batch of states, CSR style: state ``b`` owns ``offsets[b]:offsets[b+1]``."""
+
+    offsets: np.ndarray  # (B + 1,) int64
+    tokens: np.ndarray  # (M,) int64, increasing within each state
+    counts: np.ndarray  # (M,) int64, occurrences of prefix + token
+    states: np.ndarray  # (M, S, 2) int64, the state of prefix + token
+
+    def of(self, b: int) -> slice:
+        return slice(int(self.offsets[b]), int(self.offsets[b + 1]))
+
+
+def _default_max_ram_gb() -> float:
+    try:
+        return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+
+
+class KnowledgeBase:
+    """A static, memory-mapped KB over LLM-tokenized documents. Build with :meth:`build`, open with :meth:`open`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Any = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        shards = manifest["shards"]
+        self._index = _fmindex.ShardSet([str(path / s["file"]) for s in shards])
+        if self._index.n_docs != manifest["num_docs"]:
+            raise IndexFormatError(f"{path}: shards hold {self._index.n_docs} docs, manifest says {manifest['num_docs']}")
+        self._ids = StringStore(path, "doc_ids")
+        self._texts = StringStore(path, "texts")
+        self._id_order = np.load(path / "doc_ids.order.npy", mmap_mode="r", allow_pickle=False)
+        if not (len(self._ids) == len(self._texts) == len(self._id_order) == self.num_docs):
+            raise IndexFormatError(f"{path}: document stores disagree on the number of documents")
+        self.normalization = Normalization(**manifest["normalization"])
+        self._vocab_size = int(manifest["tokenizer"]["vocab_size"])
+        self._tokenizer = None
+        if tokenizer is not None:
+            self.check_tokenizer(tokenizer)
+            self._tokenizer = resolve_tokenizer(tokenizer)
+
+    # ------------------------------------------------------------------ build / open
+    @classmethod
+    def build(
+        cls,
+        docs: Any,
+        tokenizer: Any,
+        out_dir: str | Path,
+        *,
+        lowercase: bool = False,
+        unicode_normalization: str | None = None,
+        max_ram_gb: float | None = None,
+        shard_tokens: int | None = None,
+        batch_size: int = 512,
+        sample_rate: int = 16,
+        cache_min_children: int = 128,
+        cache_max_depth: int = 3,
+        skip_empty: bool = False,
+        overwrite: bool = False,
+        show_progress: bool = True,
+        **file_options: Any,
+    ) -> KnowledgeBase:
+        """Tokenize ``docs`` and index them into the directory ``out_dir``.
+
+        ``docs``: (doc_id, text) pairs, LlamaIndex nodes/Documents, or a corpus file (see
+        :mod:`gemkr_llamaindex.kb.corpus`; ``file_options`` go to its reader). Shards are built one after
+        another, each of at most ``shard_tokens`` tokens (by default what ``max_ram_gb`` allows), so peak
+        memory stays under the budget. The build writes into a temporary sibling directory and renames it
+        into place only when complete. Empty documents raise :class:`CorpusError` unless ``skip_empty``.
+        """
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not overwrite:
+            raise KBError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        tok = resolve_tokenizer(tokenizer)
+        norm = Normalization(lowercase=lowercase, unicode=unicode_normalization)
+        budget_gb = max_ram_gb if max_ram_gb is not None else _default_max_ram_gb()
+        limit = int(shard_tokens) if shard_tokens else int(budget_gb * 2**30 / BUILD_BYTES_PER_TOKEN)
+        limit = max(1, min(limit, MAX_SHARD_SYMBOLS // 2))
+        vsize = len(tok)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished KB should be shareable
+        try:
+            t0 = time.perf_counter()
+            stats = _build_into(
+                tmp, iter_documents(docs, **file_options), tok, norm, vsize, limit, batch_size,
+                dict(sample_rate=sample_rate, cache_min_children=cache_min_children, cache_max_depth=cache_max_depth),
+                skip_empty, show_progress,
+            )
+            tok.save_pretrained(tmp / "tokenizer")
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "library_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "tokenizer": {
+                    "name_or_path": str(getattr(tok, "name_or_path", "")),
+                    "class": type(tok).__name__,
+                    "vocab_size": vsize,
+                    "vocab_hash": vocab_hash(tok),
+                },
+                "normalization": norm.to_dict(),
+                "num_docs": stats["num_docs"],
+                "num_tokens": stats["num_tokens"],
+                "skipped_empty": stats["skipped_empty"],
+                "shards": stats["shards"],
+                "build": {
+                    "shard_tokens": limit,
+                    "sample_rate": sample_rate,
+                    "cache_min_children": cache_min_children,
+                    "cache_max_depth": cache_max_depth,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                },
+            }
+            data_files = [s["file"] for s in stats["shards"]] + [
+                "doc_ids.bin", "doc_ids.off.npy", "doc_ids.order.npy", "texts.bin", "texts.off.npy",
+            ]
+            manifest["files"] = file_records(tmp, data_files)
+            write_manifest(tmp, manifest)
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(out_dir, manifest, tokenizer=tok)
+
+    @classmethod
+    def open(cls, path: str | Path, *, tokenizer: Any = None, verify: bool | None = None) -> KnowledgeBase:
+        """Open a KB directory by memory mapping (cheap; processes share pages).
+
+        ``verify``: check every file's SHA-256 (None = only when the KB is under 1 GiB; sizes and headers
+        are always checked). ``tokenizer``: if given, it must match the KB's vocabulary exactly.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        files = manifest.get("files", {})
+        if verify is None:
+            verify = sum(r["bytes"] for r in files.values()) <= VERIFY_AUTO_LIMIT
+        check_files(path, files, verify)
+        try:
+            return cls(path, manifest, tokenizer=tokenizer)
+        except ValueError as exc:  # _fmindex.FormatError derives from ValueError
+            if isinstance(exc, KBError):
+                raise
+            raise IndexFormatError(str(exc)) from None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_docs(self) -> int:
+        return int(self.manifest["num_docs"])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.manifest["num_tokens"])
+
+    @property
+    def num_shards(self) -> int:
+        return int(self._index.n_shards)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def tokenizer(self):
+        """The tokenizer the KB was built with (saved inside the KB directory)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
+        return self._tokenizer
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` maps every string to the KB's ids."""
+        tok = resolve_tokenizer(tokenizer)
+        expected = self.manifest["tokenizer"]
+        if len(tok) != expected["vocab_size"] or vocab_hash(tok) != expected["vocab_hash"]:
+            raise TokenizerMismatchError(
+                f"tokenizer {getattr(tok, 'name_or_path', '?')!r} (vocab {len(tok)}) does not match the one the KB "
+                f"at {self.path} was built with ({expected['name_or_path']!r}, vocab {expected['vocab_size']}); "
+                "use the same tokenizer as the model, or rebuild the KB with the model's tokenizer"
+            )
+
+    def shard_info(self) -> list[dict[str, Any]]:
+        return [dict(self._index.shard_info(i)) for i in range(self.num_shards)]
+
+    # ------------------------------------------------------------------ text and documents
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` exactly as documents were tokenized (same normalisation, no specials)."""
+        return encode_batch(self.tokenizer, [self.normalization(text)])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` for many texts at once (the tokenizer batches on all cores)."""
+        return encode_batch(self.tokenizer, [self.normalization(t) for t in texts])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(map(int, ids)))
+
+    def doc_id(self, index: int) -> str:
+        """The user's id of the document at KB position ``index``."""
+        return self._ids[self._check_index(index)]
+
+    def index_of(self, doc_id: str) -> int:
+        """KB position of a document id (binary search over the sorted ids; no dict in memory)."""
+        key = str(doc_id).encode("utf-8")
+        lo, hi = 0, len(self._id_order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._ids.raw(int(self._id_order[mid])) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self._id_order):
+            idx = int(self._id_order[lo])
+            if self._ids.raw(idx) == key:
+                return idx
+        raise KeyError(f"no document with id {doc_id!r} in the KB at {self.path}")
+
+    def text(self, doc: str | int) -> str:
+        """Stored text of a document, by id (str) or KB position (int)."""
+        return self._texts[self._resolve(doc)]
+
+    def doc_tokens(self, doc: str | int) -> np.ndarray:
+        """The document's token ids as indexed (re-tokenized from the stored text, deterministically)."""
+        return np.asarray(self.encode(self.text(doc)), dtype=np.int64)
+
+    def _resolve(self, doc: str | int) -> int:
+        if isinstance(doc, (int, np.integer)):
+            return self._check_index(int(doc))
+        return self.index_of(doc)
+
+    def _check_index(self, index: int) -> int:
+        if not 0 <= index < self.num_docs:
+            raise IndexError(f"document index {index} out of range (KB has {self.num_docs} documents)")
+        return index
+
+    # ------------------------------------------------------------------ prefix queries
+    def _ids_array(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if arr.size and (arr.min() < 0 or arr.max() >= self._vocab_size):
+            bad = int(arr[(arr < 0) | (arr >= self._vocab_size)][0])
+            raise ValueError(f"token id {bad} is outside the KB's vocabulary [0, {self._vocab_size})")
+        return arr
+
+    def state(self, ids: Sequence[int]) -> np.ndarray:
+        """Search state (1, S, 2) of a prefix, searched from its first token."""
+        return self._index.search(self._ids_array(ids))
+
+    def next_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        """GetNext: sorted distinct token ids that follow ``ids`` anywhere ([] -> every token in the KB)."""
+        return self._index.children(self.state(ids))[1]
+
+    def next_tokens_batch(self, prefixes: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """GetNext for many prefixes with one call into the index for the continuations."""
+        if not prefixes:
+            return []
+        states = np.concatenate([self.state(p) for p in prefixes])
+        offsets, tokens, _, _ = self._index.children(states)
+        return [tokens[offsets[b] : offsets[b + 1]] for b in range(len(prefixes))]
+
+    def count(self, ids: Sequence[int]) -> int:
+        """Number of occurrences of ``ids`` (for the empty prefix: the number of token positions)."""
+        if len(ids) == 0:
+            return self.num_tokens
+        return int(self._index.counts(self.state(ids))[0])
+
+    def doc_indices(self, ids: Sequence[int]) -> np.ndarray:
+        """KB positions of the distinct documents containing ``ids``, increasing."""
+        if len(ids) == 0:
+            return np.arange(self.num_docs, dtype=np.int64)
+        return self._index.docs(self.state(ids))
+
+    def doc_ids(self, ids: Sequence[int], limit: int | None = None) -> list[str]:
+        """LookupDoc: ids of the distinct documents containing ``ids``, in KB order (first ``limit``)."""
+        idx = self.doc_indices(ids)
+        if limit is not None:
+            idx = idx[:limit]
+        return [self._ids[int(i)] for i in idx]
+
+    def unique_doc_index(self, ids: Sequence[int]) -> int:
+        """KB position of the one document holding every occurrence of ``ids``, or -1."""
+        if len(ids) == 0:
+            return 0 if self.num_docs == 1 else -1
+        return int(self._index.unique_docs(self.state(ids))[0])
+
+    def unique_doc(self, ids: Sequence[int]) -> str | None:
+        """ValidDistinct: the document id if every occurrence lies in one document, else None."""
+        i = self.unique_doc_index(ids)
+        return None if i < 0 else self._ids[i]
+
+    # ------------------------------------------------------------------ stateful API (decoding)
+    def root_states(self, batch: int = 1) -> np.ndarray:
+        """States of the empty prefix, shape (batch, S, 2)."""
+        return self._index.root(int(batch))
+
+    def extend(self, states: np.ndarray, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """States of ``prefix_b + tokens[b]`` from the states of ``prefix_b`` (one LF step per shard)."""
+        return self._index.extend(states, np.asarray(tokens, dtype=np.int64))
+
+    def children(self, states: np.ndarray) -> Children:
+        """All continuations of every state at once (CSR arrays); precomputed for frequent prefixes."""
+        return Children(*self._index.children(states))
+
+    def counts(self, states: np.ndarray) -> np.ndarray:
+        """Occurrences per state (for the root: rows of the index, i.e. tokens + separators)."""
+        return self._index.counts(states)
+
+    def unique_docs(self, states: np.ndarray) -> np.ndarray:
+        """Per state, the KB position of its one document, or -1."""
+        return self._index.unique_docs(states)
+
+    def __repr__(self) -> str:
+        return (
+            f"KnowledgeBase({str(self.path)!r}, docs={self.num_docs}, tokens={self.num_tokens}, "
+            f"shards={self.num_shards}, tokenizer={self.manifest['tokenizer']['name_or_path']!r})"
+        )
+
+
+def _build_into(
+    directory: Path,
+    docs: Iterable[tuple[str, str]],
+    tokenizer: Any,
+    norm: Normalization,
+    vsize: int,
+    shard_limit: int,
+    batch_size: int,
+    params: dict[str, int],
+    skip_empty: bool,
+    show_progress: bool,
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    ids_out = StringStoreWriter(directory, "doc_ids")
+    texts_out = StringStoreWriter(directory, "texts")
+    shards: list[dict[str, Any]] = []
+    pending: list[np.ndarray] = []
+    pending_tokens = 0
+    shard_docs_start = 0
+    skipped = 0
+    total_tokens = 0
+    row = -1
+
+    def flush() -> None:
+        nonlocal pending, pending_tokens, shard_docs_start
+        if not pending:
+            return
+        lengths = np.fromiter((len(a) for a in pending), dtype=np.uint64, count=len(pending))
+        offsets = np.zeros(len(pending) + 1, dtype=np.uint64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate(pending).astype(np.uint32, copy=False)
+        pending = []
+        name = f"shard_{len(shards):05d}.fmi"
+        _fmindex.build_shard(tokens, offsets, str(directory / name), sample_rate=params["sample_rate"],
+                             cache_min_children=params["cache_min_children"],
+                             cache_max_depth=params["cache_max_depth"])
+        shards.append({"file": name, "num_docs": int(len(lengths)), "num_tokens": int(offsets[-1]),
+                       "doc_base": shard_docs_start})
+        shard_docs_start += int(len(lengths))
+        pending_tokens = 0
+
+    def handle(batch: list[tuple[int, str, str]]) -> None:
+        nonlocal pending_tokens, skipped, total_tokens
+        encoded = encode_batch(tokenizer, [norm(t) for _, _, t in batch])
+        for (r, doc_id, text), ids in zip(batch, encoded):
+            if not ids:
+                if skip_empty:
+                    skipped += 1
+                    continue
+                raise CorpusError(
+                    f"document {doc_id!r} (row {r}) is empty after tokenization; remove it or pass "
+                    "skip_empty=True (CLI: --skip-empty)"
+                )
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.max() >= vsize or arr.min() < 0:
+                raise CorpusError(
+                    f"document {doc_id!r} (row {r}): token id {int(arr.max())} is outside the tokenizer's "
+                    f"vocabulary of {vsize}; the tokenizer is inconsistent"
+                )
+            if len(arr) + 1 > MAX_SHARD_SYMBOLS // 2:
+                raise CorpusError(f"document {doc_id!r} (row {r}) has {len(arr)} tokens, too long for one shard")
+            if pending_tokens + len(arr) > shard_limit:
+                flush()
+            ids_out.add(doc_id)
+            texts_out.add(text)
+            pending.append(arr.astype(np.uint32))
+            pending_tokens += len(arr) + 1
+            total_tokens += len(arr)
+
+    total = len(docs) if hasattr(docs, "__len__") else None
+    batch: list[tuple[int, str, str]] = []
+    try:
+        with tqdm(total=total, unit="doc", desc="tokenizing", disable=not show_progress) as bar:
+            for row, (doc_id, text) in enumerate(docs):
+                if not doc_id:
+                    raise CorpusError(f"document at row {row} has an empty id")
+                batch.append((row, doc_id, text))
+                if len(batch) >= batch_size:
+                    handle(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                handle(batch)
+                bar.update(len(batch))
+        if len(ids_out) == 0:
+            raise CorpusError("the corpus is empty: no documents to index" if row < 0 else
+                              "every document was empty; nothing to index")
+        flush()
+    finally:
+        ids_out.close()
+        texts_out.close()
+    # Sorted permutation of the ids for lookups by id without an in-memory dict.
+    store = StringStore(directory, "doc_ids")
+    order = sorted(range(len(store)), key=store.raw)
+    for a, b in zip(order, order[1:]):
+        if store.raw(a) == store.raw(b):
+            raise CorpusError(f"document id {store[a]!r} occurs twice (rows {min(a, b)} and {max(a, b)}); ids must be unique")
+    np.save(directory / "doc_ids.order.npy", np.asarray(order, dtype=np.int64), allow_pickle=False)
+    return {"num_docs": len(store), "num_tokens": total_tokens, "skipped_empty": skipped, "shards": shards}
