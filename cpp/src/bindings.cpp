@@ -51,29 +51,37 @@ PYBIND11_MODULE(_fmindex, m) {
   m.attr("FORMAT_VERSION") = gemkr::kFormatVersion;
   py::register_exception<gemkr::FormatError>(m, "FormatError", PyExc_ValueError);
 
-  m.def(
-      "build_shard",
-      [](py::array_t<uint32_t, py::array::c_style | py::array::forcecast> tokens,
-         py::array_t<uint64_t, py::array::c_style | py::array::forcecast> doc_offsets, const std::string& path,
-         uint32_t sample_rate, uint32_t cache_min_children, uint32_t cache_max_depth, double cache_max_fraction) {
-        if (doc_offsets.ndim() != 1 || doc_offsets.shape(0) < 2)
-          throw py::value_error("doc_offsets must be 1-D with at least two entries");
-        const uint64_t n_docs = uint64_t(doc_offsets.shape(0) - 1);
-        const uint64_t* off = doc_offsets.data();
-        for (uint64_t d = 0; d < n_docs; ++d)
-          if (off[d + 1] < off[d]) throw py::value_error("doc_offsets must be non-decreasing");
-        if (off[n_docs] > uint64_t(tokens.size())) throw py::value_error("doc_offsets run past the token array");
-        gemkr::BuildParams params;
-        params.sample_rate = sample_rate;
-        params.cache_min_children = cache_min_children;
-        params.cache_max_depth = cache_max_depth;
-        params.cache_max_fraction = cache_max_fraction;
-        py::gil_scoped_release release;
-        gemkr::FMIndex::build(tokens.data(), off, n_docs, path, params);
-      },
-      py::arg("tokens"), py::arg("doc_offsets"), py::arg("path"), py::arg("sample_rate") = 16,
-      py::arg("cache_min_children") = 128, py::arg("cache_max_depth") = 3, py::arg("cache_max_fraction") = 0.02,
-      "Build one shard file from concatenated token ids and document offsets (n_docs + 1 entries).");
+  py::class_<gemkr::ShardBuilder>(m, "ShardBuilder",
+                                  "Two-phase shard build: the constructor copies the tokens into the index's "
+                                  "text, so the caller can drop its token array before write() runs.")
+      .def(py::init([](py::array_t<uint32_t, py::array::c_style | py::array::forcecast> tokens,
+                       py::array_t<uint64_t, py::array::c_style | py::array::forcecast> doc_offsets) {
+             if (doc_offsets.ndim() != 1 || doc_offsets.shape(0) < 2)
+               throw py::value_error("doc_offsets must be 1-D with at least two entries");
+             const uint64_t n_docs = uint64_t(doc_offsets.shape(0) - 1);
+             const uint64_t* off = doc_offsets.data();
+             for (uint64_t d = 0; d < n_docs; ++d)
+               if (off[d + 1] < off[d]) throw py::value_error("doc_offsets must be non-decreasing");
+             if (off[n_docs] > uint64_t(tokens.size())) throw py::value_error("doc_offsets run past the token array");
+             py::gil_scoped_release release;
+             return new gemkr::ShardBuilder(tokens.data(), off, n_docs);
+           }),
+           py::arg("tokens"), py::arg("doc_offsets"))
+      .def(
+          "write",
+          [](gemkr::ShardBuilder& b, const std::string& path, uint32_t sample_rate, uint32_t cache_min_children,
+             uint32_t cache_max_depth, double cache_max_fraction) {
+            gemkr::BuildParams params;
+            params.sample_rate = sample_rate;
+            params.cache_min_children = cache_min_children;
+            params.cache_max_depth = cache_max_depth;
+            params.cache_max_fraction = cache_max_fraction;
+            py::gil_scoped_release release;
+            b.write(path, params);
+          },
+          py::arg("path"), py::arg("sample_rate") = 16, py::arg("cache_min_children") = 128,
+          py::arg("cache_max_depth") = 3, py::arg("cache_max_fraction") = 0.02,
+          "Build the index and write the shard file (once).");
 
   m.def(
       "suffix_array",
@@ -170,6 +178,16 @@ PYBIND11_MODULE(_fmindex, m) {
                out = s.docs(states.data());
              }
              return to_numpy(std::move(out));
+           })
+      .def("next_tokens",
+           [](const ShardSet& s, I64Array states) {
+             const int64_t B = check_states(s, states);
+             std::vector<int64_t> offsets, tokens;
+             {
+               py::gil_scoped_release release;
+               s.next_tokens(states.data(), B, offsets, tokens);
+             }
+             return py::make_tuple(to_numpy(std::move(offsets)), to_numpy(std::move(tokens)));
            })
       .def("children", [](const ShardSet& s, I64Array states) {
         const int64_t B = check_states(s, states);

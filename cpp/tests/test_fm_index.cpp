@@ -113,6 +113,11 @@ static void test_corpus(std::mt19937& rng, uint32_t vocab, const std::string& pa
       set.extend(st.data(), &tok, 1, ext.data());
       CHECK(ext[0] == ch.states[2 * k] && ext[1] == ch.states[2 * k + 1], "child state equals extend");
     }
+    {
+      std::vector<int64_t> off, toks;
+      set.next_tokens(st.data(), 1, off, toks);
+      CHECK(std::set<uint32_t>(toks.begin(), toks.end()) == ref_next && toks.size() == ref_next.size(), "next tokens only");
+    }
     if (pat.empty()) continue;
     std::set<uint32_t> ref_docs;
     for (auto& o : occ) ref_docs.insert(o.first);

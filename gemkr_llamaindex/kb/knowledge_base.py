@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,15 +113,49 @@ class KnowledgeBase:
         memory stays under the budget. The build writes into a temporary sibling directory and renames it
         into place only when complete. Empty documents raise :class:`CorpusError` unless ``skip_empty``.
         """
+        tok = resolve_tokenizer(tokenizer)
+        norm = Normalization(lowercase=lowercase, unicode=unicode_normalization)
+        rows = _encoded_rows(iter_documents(docs, **file_options), tok, norm, batch_size, show_progress)
+        return cls._build(rows, out_dir, tok, len(tok), norm, max_ram_gb, shard_tokens,
+                          dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
+                               cache_max_depth=cache_max_depth), skip_empty, overwrite)
+
+    @classmethod
+    def build_from_token_ids(
+        cls,
+        docs: Iterable[tuple[str, Sequence[int]]],
+        out_dir: str | Path,
+        *,
+        vocab_size: int,
+        tokenizer: Any = None,
+        max_ram_gb: float | None = None,
+        shard_tokens: int | None = None,
+        sample_rate: int = 16,
+        cache_min_children: int = 128,
+        cache_max_depth: int = 3,
+        overwrite: bool = False,
+    ) -> KnowledgeBase:
+        """Index pre-tokenized documents ``(doc_id, token_ids)``; no text is stored.
+
+        For corpora tokenized elsewhere and for benchmarks. Without ``tokenizer`` the KB answers token-id
+        queries only (``encode``/``text`` need one).
+        """
+        tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+        rows = ((row, str(doc_id), "", ids) for row, (doc_id, ids) in enumerate(docs))
+        return cls._build(rows, out_dir, tok, int(vocab_size), Normalization(), max_ram_gb, shard_tokens,
+                          dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
+                               cache_max_depth=cache_max_depth), False, overwrite)
+
+    @classmethod
+    def _build(cls, rows: Iterable[tuple[int, str, str, Sequence[int]]], out_dir: str | Path, tok: Any,
+               vsize: int, norm: Normalization, max_ram_gb: float | None, shard_tokens: int | None,
+               params: dict[str, int], skip_empty: bool, overwrite: bool) -> KnowledgeBase:
         out_dir = Path(out_dir)
         if out_dir.exists() and not overwrite:
             raise KBError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        tok = resolve_tokenizer(tokenizer)
-        norm = Normalization(lowercase=lowercase, unicode=unicode_normalization)
         budget_gb = max_ram_gb if max_ram_gb is not None else _default_max_ram_gb()
         limit = int(shard_tokens) if shard_tokens else int(budget_gb * 2**30 / BUILD_BYTES_PER_TOKEN)
         limit = max(1, min(limit, MAX_SHARD_SYMBOLS // 2))
-        vsize = len(tok)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
         umask = os.umask(0)
@@ -129,35 +163,26 @@ class KnowledgeBase:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished KB should be shareable
         try:
             t0 = time.perf_counter()
-            stats = _build_into(
-                tmp, iter_documents(docs, **file_options), tok, norm, vsize, limit, batch_size,
-                dict(sample_rate=sample_rate, cache_min_children=cache_min_children, cache_max_depth=cache_max_depth),
-                skip_empty, show_progress,
-            )
-            tok.save_pretrained(tmp / "tokenizer")
+            stats = _build_into(tmp, rows, vsize, limit, params, skip_empty)
+            if tok is not None:
+                tok.save_pretrained(tmp / "tokenizer")
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
                 "library_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "tokenizer": {
-                    "name_or_path": str(getattr(tok, "name_or_path", "")),
-                    "class": type(tok).__name__,
+                    "name_or_path": str(getattr(tok, "name_or_path", "")) if tok is not None else None,
+                    "class": type(tok).__name__ if tok is not None else None,
                     "vocab_size": vsize,
-                    "vocab_hash": vocab_hash(tok),
+                    "vocab_hash": vocab_hash(tok) if tok is not None else None,
                 },
                 "normalization": norm.to_dict(),
                 "num_docs": stats["num_docs"],
                 "num_tokens": stats["num_tokens"],
                 "skipped_empty": stats["skipped_empty"],
                 "shards": stats["shards"],
-                "build": {
-                    "shard_tokens": limit,
-                    "sample_rate": sample_rate,
-                    "cache_min_children": cache_min_children,
-                    "cache_max_depth": cache_max_depth,
-                    "seconds": round(time.perf_counter() - t0, 3),
-                },
+                "build": {**params, "shard_tokens": limit, "seconds": round(time.perf_counter() - t0, 3)},
             }
             data_files = [s["file"] for s in stats["shards"]] + [
                 "doc_ids.bin", "doc_ids.off.npy", "doc_ids.order.npy", "texts.bin", "texts.off.npy",
@@ -219,6 +244,10 @@ class KnowledgeBase:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            if not (self.path / "tokenizer").is_dir():
+                raise KBError(f"the KB at {self.path} was built from token ids without a tokenizer; "
+                              "open it with KnowledgeBase.open(path, tokenizer=...)")
+
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
         return self._tokenizer
 
@@ -226,7 +255,7 @@ class KnowledgeBase:
         """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` maps every string to the KB's ids."""
         tok = resolve_tokenizer(tokenizer)
         expected = self.manifest["tokenizer"]
-        if len(tok) != expected["vocab_size"] or vocab_hash(tok) != expected["vocab_hash"]:
+        if len(tok) != expected["vocab_size"] or (expected["vocab_hash"] and vocab_hash(tok) != expected["vocab_hash"]):
             raise TokenizerMismatchError(
                 f"tokenizer {getattr(tok, 'name_or_path', '?')!r} (vocab {len(tok)}) does not match the one the KB "
                 f"at {self.path} was built with ({expected['name_or_path']!r}, vocab {expected['vocab_size']}); "
@@ -300,14 +329,14 @@ class KnowledgeBase:
 
     def next_tokens(self, ids: Sequence[int]) -> np.ndarray:
         """GetNext: sorted distinct token ids that follow ``ids`` anywhere ([] -> every token in the KB)."""
-        return self._index.children(self.state(ids))[1]
+        return self._index.next_tokens(self.state(ids))[1]
 
     def next_tokens_batch(self, prefixes: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """GetNext for many prefixes with one call into the index for the continuations."""
         if not prefixes:
             return []
         states = np.concatenate([self.state(p) for p in prefixes])
-        offsets, tokens, _, _ = self._index.children(states)
+        offsets, tokens = self._index.next_tokens(states)
         return [tokens[offsets[b] : offsets[b + 1]] for b in range(len(prefixes))]
 
     def count(self, ids: Sequence[int]) -> int:
@@ -349,6 +378,10 @@ class KnowledgeBase:
         """States of ``prefix_b + tokens[b]`` from the states of ``prefix_b`` (one LF step per shard)."""
         return self._index.extend(states, np.asarray(tokens, dtype=np.int64))
 
+    def next_tokens_of(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Next tokens of every state, CSR ``(offsets, tokens)``: the decoding mask without child states."""
+        return self._index.next_tokens(states)
+
     def children(self, states: np.ndarray) -> Children:
         """All continuations of every state at once (CSR arrays); precomputed for frequent prefixes."""
         return Children(*self._index.children(states))
@@ -368,20 +401,38 @@ class KnowledgeBase:
         )
 
 
-def _build_into(
-    directory: Path,
-    docs: Iterable[tuple[str, str]],
-    tokenizer: Any,
-    norm: Normalization,
-    vsize: int,
-    shard_limit: int,
-    batch_size: int,
-    params: dict[str, int],
-    skip_empty: bool,
-    show_progress: bool,
-) -> dict[str, Any]:
+def _encoded_rows(docs: Iterable[tuple[str, str]], tokenizer: Any, norm: Normalization, batch_size: int,
+                  show_progress: bool) -> Iterator[tuple[int, str, str, list[int]]]:
+    """``(row, doc_id, text, token_ids)`` for each document, tokenized in batches, with a progress bar."""
     from tqdm.auto import tqdm
 
+    def encoded(batch: list[tuple[int, str, str]]) -> list[tuple[int, str, str, list[int]]]:
+        ids = encode_batch(tokenizer, [norm(t) for _, _, t in batch])
+        return [(r, d, t, i) for (r, d, t), i in zip(batch, ids)]
+
+    total = len(docs) if hasattr(docs, "__len__") else None
+    batch: list[tuple[int, str, str]] = []
+    with tqdm(total=total, unit="doc", desc="tokenizing", disable=not show_progress) as bar:
+        for row, (doc_id, text) in enumerate(docs):
+            batch.append((row, doc_id, text))
+            if len(batch) >= batch_size:
+                yield from encoded(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            yield from encoded(batch)
+            bar.update(len(batch))
+
+
+def _build_into(
+    directory: Path,
+    rows: Iterable[tuple[int, str, str, Sequence[int]]],
+    vsize: int,
+    shard_limit: int,
+    params: dict[str, int],
+    skip_empty: bool,
+) -> dict[str, Any]:
+    """Write the document stores and the shards for encoded rows into ``directory``."""
     ids_out = StringStoreWriter(directory, "doc_ids")
     texts_out = StringStoreWriter(directory, "texts")
     shards: list[dict[str, Any]] = []
@@ -399,37 +450,38 @@ def _build_into(
         lengths = np.fromiter((len(a) for a in pending), dtype=np.uint64, count=len(pending))
         offsets = np.zeros(len(pending) + 1, dtype=np.uint64)
         np.cumsum(lengths, out=offsets[1:])
-        tokens = np.concatenate(pending).astype(np.uint32, copy=False)
-        pending = []
+        tokens = np.concatenate(pending)
+        pending = []  # peak memory: never hold the pieces, the concatenation and the index text at once
+        builder = _fmindex.ShardBuilder(tokens, offsets)
+        del tokens  # the builder keeps its own text; free ours before the suffix array is built
         name = f"shard_{len(shards):05d}.fmi"
-        _fmindex.build_shard(tokens, offsets, str(directory / name), sample_rate=params["sample_rate"],
-                             cache_min_children=params["cache_min_children"],
-                             cache_max_depth=params["cache_max_depth"])
+        builder.write(str(directory / name), **params)
         shards.append({"file": name, "num_docs": int(len(lengths)), "num_tokens": int(offsets[-1]),
                        "doc_base": shard_docs_start})
         shard_docs_start += int(len(lengths))
         pending_tokens = 0
 
-    def handle(batch: list[tuple[int, str, str]]) -> None:
-        nonlocal pending_tokens, skipped, total_tokens
-        encoded = encode_batch(tokenizer, [norm(t) for _, _, t in batch])
-        for (r, doc_id, text), ids in zip(batch, encoded):
-            if not ids:
+    try:
+        for row, doc_id, text, ids in rows:
+            if not doc_id:
+                raise CorpusError(f"document at row {row} has an empty id")
+            if len(ids) == 0:
                 if skip_empty:
                     skipped += 1
                     continue
                 raise CorpusError(
-                    f"document {doc_id!r} (row {r}) is empty after tokenization; remove it or pass "
+                    f"document {doc_id!r} (row {row}) is empty after tokenization; remove it or pass "
                     "skip_empty=True (CLI: --skip-empty)"
                 )
             arr = np.asarray(ids, dtype=np.int64)
             if arr.max() >= vsize or arr.min() < 0:
+                bad = int(arr[(arr < 0) | (arr >= vsize)][0])
                 raise CorpusError(
-                    f"document {doc_id!r} (row {r}): token id {int(arr.max())} is outside the tokenizer's "
-                    f"vocabulary of {vsize}; the tokenizer is inconsistent"
+                    f"document {doc_id!r} (row {row}): token id {bad} is outside the tokenizer's "
+                    f"vocabulary of {vsize}; the tokenizer (or the token ids) are inconsistent"
                 )
             if len(arr) + 1 > MAX_SHARD_SYMBOLS // 2:
-                raise CorpusError(f"document {doc_id!r} (row {r}) has {len(arr)} tokens, too long for one shard")
+                raise CorpusError(f"document {doc_id!r} (row {row}) has {len(arr)} tokens, too long for one shard")
             if pending_tokens + len(arr) > shard_limit:
                 flush()
             ids_out.add(doc_id)
@@ -437,22 +489,6 @@ def _build_into(
             pending.append(arr.astype(np.uint32))
             pending_tokens += len(arr) + 1
             total_tokens += len(arr)
-
-    total = len(docs) if hasattr(docs, "__len__") else None
-    batch: list[tuple[int, str, str]] = []
-    try:
-        with tqdm(total=total, unit="doc", desc="tokenizing", disable=not show_progress) as bar:
-            for row, (doc_id, text) in enumerate(docs):
-                if not doc_id:
-                    raise CorpusError(f"document at row {row} has an empty id")
-                batch.append((row, doc_id, text))
-                if len(batch) >= batch_size:
-                    handle(batch)
-                    bar.update(len(batch))
-                    batch = []
-            if batch:
-                handle(batch)
-                bar.update(len(batch))
         if len(ids_out) == 0:
             raise CorpusError("the corpus is empty: no documents to index" if row < 0 else
                               "every document was empty; nothing to index")

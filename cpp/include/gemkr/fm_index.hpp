@@ -117,7 +117,11 @@ inline uint32_t bit_width(uint64_t x) {
 
 }  // namespace fm_detail
 
+class ShardBuilder;
+
 class FMIndex {
+  friend class ShardBuilder;
+
  public:
   // ---- construction -------------------------------------------------------------------------------
   // Builds the shard for documents tokens[doc_offsets[d] .. doc_offsets[d+1]) and writes it to `path`.
@@ -199,7 +203,41 @@ class FMIndex {
         return;
       }
     }
-    enumerate(r.lo, r.hi, 0, 0, out);
+    enumerate(r.lo, r.hi, out);
+  }
+
+  // Extends n ranges by one symbol each (in place). Breadth-first over the wavelet levels so the rank
+  // look-ups of different ranges are independent memory accesses that the CPU overlaps.
+  void extend_many(Range* ranges, const uint32_t* syms, size_t n) const {
+    for (size_t i = 0; i < n; ++i)
+      if (syms[i] == 0) ranges[i] = Range{0, 0};
+    for (uint32_t lev = 0; lev < h_.levels; ++lev) {
+      const RankView& bv = level_[lev];
+      const uint32_t shift = h_.levels - 1 - lev;
+      for (size_t i = 0; i < n; ++i)
+        if (!ranges[i].empty()) {
+          bv.prefetch(ranges[i].lo);
+          bv.prefetch(ranges[i].hi);
+        }
+      for (size_t i = 0; i < n; ++i) {
+        Range& r = ranges[i];
+        if (r.empty()) continue;
+        const uint64_t rl = bv.rank1(r.lo), rh = bv.rank1(r.hi);
+        if ((syms[i] >> shift) & 1) {
+          r.lo = zeros_[lev] + rl;
+          r.hi = zeros_[lev] + rh;
+        } else {
+          r.lo -= rl;
+          r.hi -= rh;
+        }
+        if (r.lo == r.hi) r = Range{0, 0};
+      }
+    }
+    for (size_t i = 0; i < n; ++i)
+      if (!ranges[i].empty()) {
+        const int64_t d = D_[syms[i]];
+        ranges[i] = Range{uint64_t(d + int64_t(ranges[i].lo)), uint64_t(d + int64_t(ranges[i].hi))};
+      }
   }
 
   // ---- documents ----------------------------------------------------------------------------------
@@ -226,39 +264,124 @@ class FMIndex {
     return sample_docs_[samples_.rank1(i)];
   }
 
+  // doc_of_row for rows[lo..hi) at once: the LF walks advance together, one wavelet level at a time,
+  // so the cache misses of different walks overlap.
+  void docs_of_rows(uint64_t lo, uint64_t hi, uint32_t* out) const {
+    const size_t n = hi - lo;
+    thread_local std::vector<uint64_t> pos, code;
+    thread_local std::vector<uint32_t> active, next;
+    pos.resize(n);
+    code.resize(n);
+    active.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      pos[i] = lo + i;
+      active[i] = uint32_t(i);
+    }
+    while (!active.empty()) {
+      next.clear();
+      for (uint32_t i : active) samples_.prefetch(pos[i]);
+      for (uint32_t i : active) {
+        if (samples_.get(pos[i])) {
+          out[i] = sample_docs_[samples_.rank1(pos[i])];
+        } else {
+          next.push_back(i);
+          code[i] = 0;
+        }
+      }
+      for (uint32_t lev = 0; lev < h_.levels; ++lev) {
+        const RankView& bv = level_[lev];
+        for (uint32_t i : next) bv.prefetch(pos[i]);
+        for (uint32_t i : next) {
+          uint64_t r1;
+          if (bv.get_rank1(pos[i], &r1)) {
+            pos[i] = zeros_[lev] + r1;
+            code[i] = (code[i] << 1) | 1;
+          } else {
+            pos[i] -= r1;
+            code[i] <<= 1;
+          }
+        }
+      }
+      for (uint32_t i : next) pos[i] = uint64_t(D_[code[i]] + int64_t(pos[i]));
+      active.swap(next);
+    }
+  }
+
   // Local doc number if every occurrence of the range lies in one document, else -1.
   int64_t unique_doc(Range r) const {
     if (r.empty() || r.size() > h_.max_doc_len) return -1;  // a doc of length L holds <= L occurrences
     const uint32_t d = doc_of_row(r.lo);
     if (r.size() == 1) return d;
     if (doc_of_row(r.hi - 1) != d) return -1;
-    for (uint64_t i = r.lo + 1; i + 1 < r.hi; ++i)
-      if (doc_of_row(i) != d) return -1;
+    thread_local std::vector<uint32_t> buf;
+    constexpr uint64_t kChunk = 64;  // check in chunks: most non-unique ranges fail in the first one
+    for (uint64_t a = r.lo + 1; a + 1 < r.hi; a += kChunk) {
+      const uint64_t b = std::min(a + kChunk, r.hi - 1);
+      buf.resize(b - a);
+      docs_of_rows(a, b, buf.data());
+      for (uint32_t x : buf)
+        if (x != d) return -1;
+    }
     return d;
   }
 
   // Sorted distinct local doc numbers of all occurrences.
   void docs(Range r, std::vector<uint32_t>& out) const {
+    if (r.empty()) return;
     const size_t start = out.size();
-    for (uint64_t i = r.lo; i < r.hi; ++i) out.push_back(doc_of_row(i));
+    out.resize(start + r.size());
+    docs_of_rows(r.lo, r.hi, out.data() + start);
     std::sort(out.begin() + start, out.end());
     out.erase(std::unique(out.begin() + start, out.end()), out.end());
+  }
+
+  // Distinct next tokens only (no child ranges): what a decoding mask needs.
+  void next_tokens(Range r, std::vector<uint32_t>& out) const {
+    if (r.empty()) return;
+    if (!cache_.empty()) {
+      auto it = cache_.find(cache_key(r));
+      if (it != cache_.end()) {
+        const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
+        for (uint64_t k = b; k < e; ++k) out.push_back(cache_children_[3 * k]);
+        return;
+      }
+    }
+    thread_local std::vector<Child> kids;
+    kids.clear();
+    enumerate(r.lo, r.hi, kids);
+    for (const Child& c : kids) out.push_back(c.token);
   }
 
  private:
   static uint64_t cache_key(Range r) { return (r.lo << 32) ^ r.hi; }
 
-  void enumerate(uint64_t lo, uint64_t hi, uint32_t lev, uint64_t c, std::vector<Child>& out) const {
-    if (lev == h_.levels) {
-      if (c >= kSymFirstToken)
-        out.push_back(Child{alphabet_[c - kSymFirstToken], uint64_t(D_[c] + int64_t(lo)),
-                            uint64_t(D_[c] + int64_t(hi))});
-      return;
+  // All distinct symbols of BWT[lo, hi) with their child ranges, in increasing order. Breadth-first:
+  // each level's nodes are independent, so their rank look-ups are prefetched and overlap.
+  void enumerate(uint64_t lo, uint64_t hi, std::vector<Child>& out) const {
+    struct Node {
+      uint64_t lo, hi, code;
+    };
+    thread_local std::vector<Node> cur, nxt;
+    cur.assign(1, Node{lo, hi, 0});
+    for (uint32_t lev = 0; lev < h_.levels && !cur.empty(); ++lev) {
+      const RankView& bv = level_[lev];
+      const uint64_t z = zeros_[lev];
+      for (const Node& nd : cur) {
+        bv.prefetch(nd.lo);
+        bv.prefetch(nd.hi);
+      }
+      nxt.clear();
+      for (const Node& nd : cur) {
+        const uint64_t rl = bv.rank1(nd.lo), rh = bv.rank1(nd.hi);
+        if (nd.lo - rl < nd.hi - rh) nxt.push_back(Node{nd.lo - rl, nd.hi - rh, nd.code << 1});
+        if (rl < rh) nxt.push_back(Node{z + rl, z + rh, (nd.code << 1) | 1});
+      }
+      cur.swap(nxt);
     }
-    const RankView& bv = level_[lev];
-    const uint64_t rl = bv.rank1(lo), rh = bv.rank1(hi);
-    if (lo - rl < hi - rh) enumerate(lo - rl, hi - rh, lev + 1, c << 1, out);
-    if (rl < rh) enumerate(zeros_[lev] + rl, zeros_[lev] + rh, lev + 1, (c << 1) | 1, out);
+    for (const Node& nd : cur)
+      if (nd.code >= kSymFirstToken)
+        out.push_back(Child{alphabet_[nd.code - kSymFirstToken], uint64_t(D_[nd.code] + int64_t(nd.lo)),
+                            uint64_t(D_[nd.code] + int64_t(nd.hi))});
   }
 
   template <typename T>
@@ -379,11 +502,26 @@ class FileWriter {
 
 }  // namespace fm_detail
 
-inline void FMIndex::build(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs,
-                           const std::string& path, const BuildParams& params) {
+// Phase 1 of a build: the text (reversed documents with separators, as symbols), its alphabet and the
+// document starts. After this the caller may free the token buffer before phase 2 (write) runs, so the
+// two phases' peaks do not add up.
+class ShardBuilder {
+ public:
+  ShardBuilder(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs);
+  // Phase 2: suffix array, BWT, wavelet matrix, samples, cache; writes the shard file and frees the text.
+  void write(const std::string& path, const BuildParams& params);
+
+ private:
+  uint64_t n_tokens_ = 0, n_docs_ = 0, N_ = 0, max_doc_len_ = 0;
+  std::vector<uint32_t> alphabet_;
+  std::vector<int32_t> T_;
+  RankBuilder doc_start_;
+};
+
+inline ShardBuilder::ShardBuilder(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs)
+    : doc_start_(0) {
   using namespace fm_detail;
   if (n_docs == 0) throw std::invalid_argument("cannot build an FM-index shard with no documents");
-  if (params.sample_rate == 0) throw std::invalid_argument("sample_rate must be >= 1");
   const uint64_t n_tokens = doc_offsets[n_docs] - doc_offsets[0];
   const uint64_t N = n_tokens + n_docs + 1;
   if (N >= (uint64_t(1) << 31) - 1)
@@ -391,46 +529,66 @@ inline void FMIndex::build(const uint32_t* tokens, const uint64_t* doc_offsets, 
                                 " symbols); the limit is 2^31-2: use more shards");
   const uint32_t* tok0 = tokens + doc_offsets[0];
 
-  // Alphabet: the distinct token ids, sorted.
-  std::vector<uint32_t> alphabet;
-  {
-    uint32_t max_tok = 0;
-    for (uint64_t i = 0; i < n_tokens; ++i) max_tok = std::max(max_tok, tok0[i]);
-    if (max_tok < (uint32_t(1) << 28)) {
-      std::vector<uint64_t> seen((uint64_t(max_tok) + 64) / 64, 0);
-      for (uint64_t i = 0; i < n_tokens; ++i) seen[tok0[i] >> 6] |= uint64_t(1) << (tok0[i] & 63);
-      for (uint64_t w = 0; w < seen.size(); ++w)
-        for (uint64_t b = seen[w]; b; b &= b - 1) alphabet.push_back(uint32_t(w * 64 + __builtin_ctzll(b)));
-    } else {
-      alphabet.assign(tok0, tok0 + n_tokens);
-      std::sort(alphabet.begin(), alphabet.end());
-      alphabet.erase(std::unique(alphabet.begin(), alphabet.end()), alphabet.end());
-    }
+  // Alphabet: the distinct token ids, sorted; symbol of a token = its rank + kSymFirstToken.
+  std::vector<uint32_t>& alphabet = alphabet_;
+  uint32_t max_tok = 0;
+  for (uint64_t i = 0; i < n_tokens; ++i) max_tok = std::max(max_tok, tok0[i]);
+  const bool dense = max_tok < (uint32_t(1) << 28);
+  std::vector<uint32_t> sym_of;  // dense token -> symbol map for ordinary vocabularies
+  if (dense) {
+    std::vector<uint64_t> seen((uint64_t(max_tok) + 64) / 64, 0);
+    for (uint64_t i = 0; i < n_tokens; ++i) seen[tok0[i] >> 6] |= uint64_t(1) << (tok0[i] & 63);
+    for (uint64_t w = 0; w < seen.size(); ++w)
+      for (uint64_t b = seen[w]; b; b &= b - 1) alphabet.push_back(uint32_t(w * 64 + __builtin_ctzll(b)));
+    sym_of.assign(uint64_t(max_tok) + 1, 0);
+    for (uint64_t r = 0; r < alphabet.size(); ++r) sym_of[alphabet[r]] = uint32_t(r + kSymFirstToken);
+  } else {
+    alphabet.assign(tok0, tok0 + n_tokens);
+    std::sort(alphabet.begin(), alphabet.end());
+    alphabet.erase(std::unique(alphabet.begin(), alphabet.end()), alphabet.end());
   }
-  const uint64_t sigma = alphabet.size() + kSymFirstToken;
-  const uint32_t levels = std::max<uint32_t>(1, bit_width(sigma - 1));
 
   // Text: per-document reversed symbols, SEP after each document, $ at the end. Doc starts are marked.
-  std::vector<int32_t> T(N);
-  RankBuilder doc_start(N);
-  uint64_t max_doc_len = 0;
-  {
-    uint64_t out = 0;
-    for (uint64_t d = 0; d < n_docs; ++d) {
-      const uint64_t b = doc_offsets[d], e = doc_offsets[d + 1];
-      max_doc_len = std::max(max_doc_len, e - b);
-      doc_start.set(out);
-      for (uint64_t k = e; k > b; --k) {
-        const uint32_t tok = tokens[k - 1];
-        T[out++] = int32_t(std::lower_bound(alphabet.begin(), alphabet.end(), tok) - alphabet.begin() +
-                           kSymFirstToken);
-      }
-      T[out++] = int32_t(kSymSep);
+  std::vector<int32_t>& T = T_;
+  T.resize(N);
+  doc_start_ = RankBuilder(N);
+  uint64_t out = 0;
+  for (uint64_t d = 0; d < n_docs; ++d) {
+    const uint64_t b = doc_offsets[d], e = doc_offsets[d + 1];
+    max_doc_len_ = std::max(max_doc_len_, e - b);
+    doc_start_.set(out);
+    for (uint64_t k = e; k > b; --k) {
+      const uint32_t tok = tokens[k - 1];
+      T[out++] = dense ? int32_t(sym_of[tok])
+                       : int32_t(std::lower_bound(alphabet.begin(), alphabet.end(), tok) - alphabet.begin() +
+                                 kSymFirstToken);
     }
-    T[out++] = int32_t(kSymEnd);
+    T[out++] = int32_t(kSymSep);
   }
-  doc_start.finalize();
-  const RankView ds = doc_start.view();
+  T[out++] = int32_t(kSymEnd);
+  doc_start_.finalize();
+  n_tokens_ = n_tokens;
+  n_docs_ = n_docs;
+  N_ = N;
+}
+
+inline void FMIndex::build(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs,
+                           const std::string& path, const BuildParams& params) {
+  ShardBuilder builder(tokens, doc_offsets, n_docs);
+  builder.write(path, params);
+}
+
+inline void ShardBuilder::write(const std::string& path, const BuildParams& params) {
+  using namespace fm_detail;
+  if (T_.empty()) throw std::logic_error("ShardBuilder::write called twice");
+  if (params.sample_rate == 0) throw std::invalid_argument("sample_rate must be >= 1");
+  const uint64_t N = N_, n_tokens = n_tokens_, n_docs = n_docs_, max_doc_len = max_doc_len_;
+  std::vector<uint32_t>& alphabet = alphabet_;
+  std::vector<int32_t> T;
+  T.swap(T_);
+  const uint64_t sigma = alphabet.size() + kSymFirstToken;
+  const uint32_t levels = std::max<uint32_t>(1, bit_width(sigma - 1));
+  const RankView ds = doc_start_.view();
 
   std::vector<int32_t> SA(N);
   suffix_array(T.data(), SA.data(), int64_t(N), int32_t(sigma));
@@ -560,7 +718,7 @@ inline void FMIndex::build(const uint32_t* tokens, const uint64_t* doc_offsets, 
       std::vector<Range> next;
       for (const Range& r : frontier) {
         kids.clear();
-        idx.enumerate(r.lo, r.hi, 0, 0, kids);
+        idx.enumerate(r.lo, r.hi, kids);
         if (depth > 0 && kids.size() < params.cache_min_children) continue;
         if (depth > 0 && cached_below_root + kids.size() > budget) break;
         if (depth > 0) cached_below_root += kids.size();

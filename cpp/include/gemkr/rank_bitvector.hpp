@@ -31,6 +31,9 @@ struct RankView {
     return r;
   }
 
+  // Prefetch the cache line that rank1(i) / get(i) will read (used to overlap independent misses).
+  inline void prefetch(uint64_t i) const { __builtin_prefetch(blocks + (i / kBitsPerBlock) * kBlockWords); }
+
   inline bool get(uint64_t i) const {
     const uint64_t* blk = blocks + (i / kBitsPerBlock) * kBlockWords;
     const uint64_t off = i % kBitsPerBlock;

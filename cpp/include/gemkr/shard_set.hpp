@@ -57,13 +57,42 @@ class ShardSet {
 
   void extend(const int64_t* states, const int64_t* tokens, int64_t B, int64_t* out) const {
     const size_t S = shards_.size();
-    for (int64_t b = 0; b < B; ++b) {
-      for (size_t s = 0; s < S; ++s) {
-        const int64_t* st = states + (b * S + s) * 2;
-        Range r = tokens[b] < 0 ? Range{0, 0} : shards_[s]->extend(range_of(st), uint64_t(tokens[b]));
-        out[(b * S + s) * 2] = int64_t(r.lo);
-        out[(b * S + s) * 2 + 1] = int64_t(r.hi);
+    std::vector<Range> ranges(static_cast<size_t>(B));
+    std::vector<uint32_t> syms(static_cast<size_t>(B));
+    for (size_t s = 0; s < S; ++s) {
+      const FMIndex& fm = *shards_[s];
+      for (int64_t b = 0; b < B; ++b) {
+        ranges[b] = range_of(states + (b * S + s) * 2);
+        syms[b] = tokens[b] < 0 ? 0 : fm.symbol(uint64_t(tokens[b]));
       }
+      fm.extend_many(ranges.data(), syms.data(), size_t(B));
+      for (int64_t b = 0; b < B; ++b) {
+        out[(b * S + s) * 2] = int64_t(ranges[b].lo);
+        out[(b * S + s) * 2 + 1] = int64_t(ranges[b].hi);
+      }
+    }
+  }
+
+  // Distinct next tokens of each state, CSR style (offsets has B + 1 entries), sorted within a state.
+  void next_tokens(const int64_t* states, int64_t B, std::vector<int64_t>& offsets, std::vector<int64_t>& tokens) const {
+    const size_t S = shards_.size();
+    offsets.assign(1, 0);
+    std::vector<uint32_t> buf;
+    for (int64_t b = 0; b < B; ++b) {
+      buf.clear();
+      size_t nonempty = 0;
+      for (size_t s = 0; s < S; ++s) {
+        const Range r = range_of(states + (b * S + s) * 2);
+        if (r.empty()) continue;
+        ++nonempty;
+        shards_[s]->next_tokens(r, buf);
+      }
+      if (nonempty > 1) {  // union across shards
+        std::sort(buf.begin(), buf.end());
+        buf.erase(std::unique(buf.begin(), buf.end()), buf.end());
+      }
+      tokens.insert(tokens.end(), buf.begin(), buf.end());
+      offsets.push_back(int64_t(tokens.size()));
     }
   }
 
