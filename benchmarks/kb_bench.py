@@ -267,19 +267,21 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
     row["unique_doc"] = timeit(kb.unique_doc, lookup)
 
     def decode(seed_prefix):
-        # 20 beams x 15 steps: each step lists every beam's continuations in one call, takes up to
-        # 2 per beam (what beam search keeps), extends all beams in one call and checks uniqueness.
+        # 20 beams x 15 steps as the constrained decoder runs them: per step, one call lists every live
+        # beam's allowed tokens (the mask), the beam keeps one of them (here: a deterministic pick), one
+        # call extends all beams, one call checks which beams already map to a unique document.
         states = kb.state(seed_prefix[:1]).repeat(BEAMS, axis=0)
         for step in range(STEPS):
-            ch = kb.children(states)
-            pick = []
+            offsets, tokens = kb.next_tokens_of(states)
+            keep, chosen = [], []
             for b in range(len(states)):
-                sl = ch.of(b)
-                if sl.stop > sl.start:
-                    pick.append(ch.states[sl.start + (b + step) % (sl.stop - sl.start)])
-            if not pick:
+                n = offsets[b + 1] - offsets[b]
+                if n:
+                    keep.append(b)
+                    chosen.append(tokens[offsets[b] + (b * 7 + step) % n])
+            if not keep:
                 break
-            states = np.stack(pick)
+            states = kb.extend(states[keep], chosen)
             kb.unique_docs(states)
 
     row["decode"] = timeit(decode, lookup[: max(20, q // 4)], warmup=5)

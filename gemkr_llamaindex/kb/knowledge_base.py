@@ -98,7 +98,7 @@ class KnowledgeBase:
         shard_tokens: int | None = None,
         batch_size: int = 512,
         sample_rate: int = 16,
-        cache_min_children: int = 128,
+        cache_min_children: int = 512,
         cache_max_depth: int = 3,
         skip_empty: bool = False,
         overwrite: bool = False,
@@ -131,7 +131,7 @@ class KnowledgeBase:
         max_ram_gb: float | None = None,
         shard_tokens: int | None = None,
         sample_rate: int = 16,
-        cache_min_children: int = 128,
+        cache_min_children: int = 512,
         cache_max_depth: int = 3,
         overwrite: bool = False,
     ) -> KnowledgeBase:
@@ -318,9 +318,12 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ prefix queries
     def _ids_array(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if arr.size and (arr.min() < 0 or arr.max() >= self._vocab_size):
-            bad = int(arr[(arr < 0) | (arr >= self._vocab_size)][0])
-            raise ValueError(f"token id {bad} is outside the KB's vocabulary [0, {self._vocab_size})")
+        if arr.size:
+            # builtins are cheaper than numpy reductions on the short prefixes queries use
+            lo, hi = (min(ids), max(ids)) if isinstance(ids, list) else (int(arr.min()), int(arr.max()))
+            if lo < 0 or hi >= self._vocab_size:
+                bad = int(arr[(arr < 0) | (arr >= self._vocab_size)][0])
+                raise ValueError(f"token id {bad} is outside the KB's vocabulary [0, {self._vocab_size})")
         return arr
 
     def state(self, ids: Sequence[int]) -> np.ndarray:

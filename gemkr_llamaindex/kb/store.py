@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,19 +53,21 @@ class StringStore:
         size = bin_path.stat().st_size
         if size != int(self._offsets[-1]):
             raise IndexFormatError(f"{bin_path}: {size} bytes, the offsets expect {int(self._offsets[-1])}")
-        # np.memmap cannot map an empty file
-        self._data = np.memmap(bin_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        # A plain mmap slices to bytes without numpy overhead (lookups are on the query path).
+        self._data: mmap.mmap | bytes = b""
+        if size:
+            with open(bin_path, "rb") as fh:
+                self._data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
-        return bytes(self._data[a:b]).decode("utf-8")
+        return self.raw(i).decode("utf-8")
 
     def raw(self, i: int) -> bytes:
-        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
-        return bytes(self._data[a:b])
+        a, b = self._offsets[i : i + 2].tolist()
+        return self._data[a:b]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

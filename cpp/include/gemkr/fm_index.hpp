@@ -40,7 +40,7 @@
 namespace gemkr {
 
 constexpr char kMagic[8] = {'G', 'E', 'M', 'K', 'R', 'F', 'M', 'I'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 1;  // bump on any layout change
 constexpr uint32_t kSymEnd = 0;  // $
 constexpr uint32_t kSymSep = 1;  // document separator
 constexpr uint32_t kSymFirstToken = 2;
@@ -64,9 +64,9 @@ struct Child {
 
 struct BuildParams {
   uint32_t sample_rate = 16;
-  uint32_t cache_min_children = 128;  // cache a prefix's continuations when it has at least this many
+  uint32_t cache_min_children = 512;  // cache a prefix's continuations when it has at least this many
   uint32_t cache_max_depth = 3;       // ... and is at most this many tokens long
-  double cache_max_fraction = 0.02;   // cached child entries <= this fraction of the text length
+  double cache_max_fraction = 0.25;   // cached entries (4 bytes each) <= this fraction of the text length
 };
 
 namespace fm_detail {
@@ -82,7 +82,7 @@ enum Section : uint32_t {
   kSampleDocs,      // uint32[n_samples]
   kCacheKeys,       // uint64[2 * cache_entries]: lo, hi
   kCacheOffsets,    // uint64[cache_entries + 1]
-  kCacheChildren,   // uint32[3 * cache_children]: token, lo, hi
+  kCacheChildren,   // uint32[cache_children]: the symbols of the continuations, increasing
   kNumSections
 };
 
@@ -195,11 +195,13 @@ class FMIndex {
     if (!cache_.empty()) {
       auto it = cache_.find(cache_key(r));
       if (it != cache_.end()) {
+        // The cache stores symbols only (4 bytes each); child ranges are one batched extend away.
         const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
-        for (uint64_t k = b; k < e; ++k) {
-          const uint32_t* ch = cache_children_ + 3 * k;
-          out.push_back(Child{ch[0], ch[1], ch[2]});
-        }
+        thread_local std::vector<Range> ranges;
+        ranges.assign(e - b, r);
+        extend_many(ranges.data(), cache_children_ + b, e - b);
+        for (uint64_t k = b; k < e; ++k)
+          out.push_back(Child{alphabet_[cache_children_[k] - kSymFirstToken], ranges[k - b].lo, ranges[k - b].hi});
         return;
       }
     }
@@ -267,16 +269,20 @@ class FMIndex {
   // doc_of_row for rows[lo..hi) at once: the LF walks advance together, one wavelet level at a time,
   // so the cache misses of different walks overlap.
   void docs_of_rows(uint64_t lo, uint64_t hi, uint32_t* out) const {
-    const size_t n = hi - lo;
+    thread_local std::vector<uint64_t> rows;
+    rows.resize(hi - lo);
+    for (uint64_t i = lo; i < hi; ++i) rows[i - lo] = i;
+    locate_docs(rows.data(), rows.size(), out);
+  }
+
+  // Local doc numbers of arbitrary rows (each inside a match of a query), all walks advancing together.
+  void locate_docs(const uint64_t* rows, size_t n, uint32_t* out) const {
     thread_local std::vector<uint64_t> pos, code;
     thread_local std::vector<uint32_t> active, next;
-    pos.resize(n);
+    pos.assign(rows, rows + n);
     code.resize(n);
     active.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-      pos[i] = lo + i;
-      active[i] = uint32_t(i);
-    }
+    for (size_t i = 0; i < n; ++i) active[i] = uint32_t(i);
     while (!active.empty()) {
       next.clear();
       for (uint32_t i : active) samples_.prefetch(pos[i]);
@@ -342,7 +348,7 @@ class FMIndex {
       auto it = cache_.find(cache_key(r));
       if (it != cache_.end()) {
         const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
-        for (uint64_t k = b; k < e; ++k) out.push_back(cache_children_[3 * k]);
+        for (uint64_t k = b; k < e; ++k) out.push_back(alphabet_[cache_children_[k] - kSymFirstToken]);
         return;
       }
     }
@@ -725,18 +731,16 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
         cache_keys.push_back(r.lo);
         cache_keys.push_back(r.hi);
         for (const Child& k : kids) {
-          cache_children.push_back(k.token);
-          cache_children.push_back(uint32_t(k.lo));
-          cache_children.push_back(uint32_t(k.hi));
+          cache_children.push_back(idx.symbol(k.token));
           if (k.hi - k.lo >= params.cache_min_children) next.push_back(Range{k.lo, k.hi});
         }
-        cache_offsets.push_back(cache_children.size() / 3);
+        cache_offsets.push_back(cache_children.size());
       }
       frontier.swap(next);
     }
   }
   h.cache_entries = cache_keys.size() / 2;
-  h.cache_children = cache_children.size() / 3;
+  h.cache_children = cache_children.size();
   const std::string tmp = path + ".tmp";
   write_file(tmp, blobs());
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);

@@ -106,19 +106,45 @@ class ShardSet {
   }
 
   // Global doc number per state, or -1 (no occurrence, or occurrences in more than one document).
+  // The first and last occurrence of every candidate state are located in one batch per shard (their
+  // LF walks overlap in memory); only states whose two ends agree are checked in full.
   void unique_docs(const int64_t* states, int64_t B, int64_t* out) const {
     const size_t S = shards_.size();
+    std::vector<std::vector<int64_t>> cand(S);  // per shard: candidate state numbers
     for (int64_t b = 0; b < B; ++b) {
-      int64_t found = -1;
+      out[b] = -1;
       int nonempty = 0;
-      for (size_t s = 0; s < S; ++s) {
+      size_t shard = 0;
+      for (size_t s = 0; s < S; ++s)
+        if (!range_of(states + (b * S + s) * 2).empty()) {
+          ++nonempty;
+          shard = s;
+        }
+      if (nonempty != 1) continue;
+      const Range r = range_of(states + (b * S + shard) * 2);
+      if (r.size() > shards_[shard]->max_doc_len()) continue;  // a doc of length L holds <= L occurrences
+      cand[shard].push_back(b);
+    }
+    std::vector<uint64_t> rows;
+    std::vector<uint32_t> docs;
+    for (size_t s = 0; s < S; ++s) {
+      if (cand[s].empty()) continue;
+      const FMIndex& fm = *shards_[s];
+      rows.clear();
+      for (int64_t b : cand[s]) {
         const Range r = range_of(states + (b * S + s) * 2);
-        if (r.empty()) continue;
-        if (++nonempty > 1) break;
-        const int64_t d = shards_[s]->unique_doc(r);
-        found = d < 0 ? -1 : int64_t(doc_base_[s]) + d;
+        rows.push_back(r.lo);
+        rows.push_back(r.hi - 1);
       }
-      out[b] = nonempty == 1 ? found : -1;
+      docs.resize(rows.size());
+      fm.locate_docs(rows.data(), rows.size(), docs.data());
+      for (size_t k = 0; k < cand[s].size(); ++k) {
+        if (docs[2 * k] != docs[2 * k + 1]) continue;
+        const int64_t b = cand[s][k];
+        const Range r = range_of(states + (b * S + s) * 2);
+        const int64_t d = r.size() <= 2 ? int64_t(docs[2 * k]) : fm.unique_doc(r);
+        if (d >= 0) out[b] = int64_t(doc_base_[s]) + d;
+      }
     }
   }
 
