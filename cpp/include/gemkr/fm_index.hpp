@@ -613,8 +613,9 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   }
   samples.finalize();
   std::vector<int32_t>().swap(T);
-  std::vector<uint32_t> cur(reinterpret_cast<uint32_t*>(SA.data()), reinterpret_cast<uint32_t*>(SA.data()) + N);
-  std::vector<int32_t>().swap(SA);
+  // The BWT now lives in SA's memory; the wavelet matrix is built by stable partitions between that
+  // buffer and one more of the same size (no third copy: peak ~ 8N bytes + the level bit vectors).
+  uint32_t* cur = reinterpret_cast<uint32_t*>(SA.data());
 
   std::vector<uint64_t> C(sigma + 1, 0);
   for (uint64_t i = 0; i < N; ++i) ++C[cur[i] + 1];
@@ -624,8 +625,9 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   const uint64_t blocks = rank_blocks_for(N);
   std::vector<uint64_t> level_blocks(uint64_t(levels) * blocks * kBlockWords);
   std::vector<uint64_t> zeros(levels);
+  std::vector<uint32_t> other(N);
   {
-    std::vector<uint32_t> nxt(N);
+    uint32_t* nxt = other.data();
     for (uint32_t lev = 0; lev < levels; ++lev) {
       const uint32_t shift = levels - 1 - lev;
       RankBuilder bits(N);
@@ -645,7 +647,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
         else
           nxt[zi++] = cur[i];
       }
-      cur.swap(nxt);
+      std::swap(cur, nxt);
       std::copy(bits.blocks().begin(), bits.blocks().end(), level_blocks.begin() + lev * blocks * kBlockWords);
     }
   }
@@ -655,7 +657,9 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
     for (uint64_t i = N; i > 0; --i) start[cur[i - 1]] = i - 1;
     for (uint64_t c = 0; c < sigma; ++c) D[c] = int64_t(C[c]) - int64_t(start[c]);
   }
-  std::vector<uint32_t>().swap(cur);
+  cur = nullptr;
+  std::vector<int32_t>().swap(SA);
+  std::vector<uint32_t>().swap(other);
 
   // Write everything except the cache, then reopen to compute the cache with the real query code.
   Header h{};
