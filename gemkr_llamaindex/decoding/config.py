@@ -1,0 +1,60 @@
+"""Settings of knowledge-guided constrained decoding (paper: §Knowledge-guided Constraint Decoding)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONSTRAINT_MODES = ("topk", "mask")
+DOC_SCORES = ("max", "logsumexp")
+
+
+@dataclass
+class DecodingConfig:
+    """Diverse constrained beam search.
+
+    Defaults follow the paper's evaluation (20 beams in 4 groups, clues of 10-15 tokens); GeMKR's
+    released evaluation used 10 beams in 10 groups with a diversity penalty of 0.5.
+
+    * ``min_length`` / ``max_length``: l_min and l_max in tokens. A beam stops as soon as it has at least
+      ``min_length`` tokens and its clue occurs in exactly one document (ValidDistinct), or at
+      ``max_length``; clues that still map to several documents then are dropped.
+    * ``length_penalty``: a clue's score is ``sum log p / len ** length_penalty``.
+    * ``diversity_penalty``: Hamming diversity between groups (subtracted per earlier-group use of a token
+      at the same step). It only steers the search; reported scores are the model's log-probabilities.
+    * ``constraint``: ``"topk"`` checks the model's best tokens against the KB in descending order until
+      each beam has the 2 x group-size allowed tokens beam search can use (exact, and cheap when a prefix
+      has thousands of continuations); ``"mask"`` lists every continuation and masks the vocabulary.
+      Both give identical results; see ``benchmarks/retrieval_latency.py`` for their cost.
+    * ``doc_score``: a document's score is its best clue's (``"max"``) or the log-sum-exp over its clues.
+    """
+
+    num_beams: int = 20
+    num_groups: int = 4
+    diversity_penalty: float = 0.5
+    min_length: int = 10
+    max_length: int = 15
+    length_penalty: float = 1.0
+    stop_when_unique: bool = True
+    constraint: str = "topk"
+    topk_candidates: int = 32
+    doc_score: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.num_groups < 1 or self.num_beams % self.num_groups:
+            raise ValueError(f"num_beams ({self.num_beams}) must be a positive multiple of num_groups ({self.num_groups})")
+        if not 1 <= self.min_length <= self.max_length:
+            raise ValueError(f"need 1 <= min_length ({self.min_length}) <= max_length ({self.max_length})")
+        if self.constraint not in CONSTRAINT_MODES:
+            raise ValueError(f"constraint must be one of {CONSTRAINT_MODES}, got {self.constraint!r}")
+        if self.doc_score not in DOC_SCORES:
+            raise ValueError(f"doc_score must be one of {DOC_SCORES}, got {self.doc_score!r}")
+        if self.topk_candidates < 1:
+            raise ValueError("topk_candidates must be >= 1")
+
+    @property
+    def group_size(self) -> int:
+        return self.num_beams // self.num_groups
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,52 @@
+"""What constrained decoding returns: clues and the documents they map to."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Clue:
+    """A generated knowledge clue: a token sequence that occurs in the KB."""
+
+    token_ids: list[int]
+    logprob: float  # sum of the model's log-probabilities of the clue tokens
+    score: float  # logprob / len ** length_penalty: the ranking score
+    doc_index: int  # KB position of the one document it maps to
+    doc_id: str
+    text: str = ""
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "logprob": self.logprob, "score": self.score,
+                "doc_id": self.doc_id}
+
+
+@dataclass
+class DocumentHit:
+    doc_index: int
+    doc_id: str
+    score: float
+    clues: list[Clue] = field(default_factory=list)
+
+
+@dataclass
+class QueryResult:
+    """Clues sorted by score (best first) and the deduplicated documents they map to, best first."""
+
+    clues: list[Clue]
+    docs: list[DocumentHit]
+
+    @classmethod
+    def from_clues(cls, clues: list[Clue], doc_score: str = "max") -> QueryResult:
+        clues = sorted(clues, key=lambda c: (-c.score, c.token_ids))
+        by_doc: dict[int, DocumentHit] = {}
+        for c in clues:
+            hit = by_doc.setdefault(c.doc_index, DocumentHit(c.doc_index, c.doc_id, c.score))
+            hit.clues.append(c)
+        if doc_score == "logsumexp":
+            for hit in by_doc.values():
+                m = max(c.score for c in hit.clues)
+                hit.score = m + math.log(sum(math.exp(c.score - m) for c in hit.clues))
+        docs = sorted(by_doc.values(), key=lambda h: (-h.score, h.doc_index))
+        return cls(clues, docs)

@@ -1,0 +1,157 @@
+"""Constrained diverse beam search on a tiny real causal LM and a real KB."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import as_text, word_tokenizer
+
+from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts
+from gemkr_llamaindex.kb import KnowledgeBase
+
+VOCAB = 200
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    docs = []
+    for i in range(40):
+        # a few frequent tokens make shared prefixes; the rest make most 3-grams unique
+        toks = [int(t) if rng.random() < 0.7 else int(rng.integers(3, 8)) for t in rng.integers(3, VOCAB, 14)]
+        docs.append((f"doc{i}", as_text(toks)))
+    return KnowledgeBase.build(docs, word_tokenizer(VOCAB), tmp_path_factory.mktemp("dec") / "kb", show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    m = LlamaForCausalLM(cfg).eval()
+    # sharpen the random distribution a little so beams differ meaningfully
+    with torch.no_grad():
+        m.lm_head.weight.mul_(8)
+    return m
+
+
+def prompts_of(rows: list[list[int]]) -> Prompts:
+    """Left-padded token-id prompts."""
+    n = max(map(len, rows))
+    ids = torch.full((len(rows), n), 2, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, n - len(r):] = torch.tensor(r)
+        mask[i, n - len(r):] = 1
+    return Prompts(attention_mask=mask, input_ids=ids)
+
+
+PROMPTS = [[5, 9, 13, 44, 71], [8, 120, 3], [150, 151, 152, 7, 9, 11, 13]]
+
+
+def run(kb, model, cfg, prompts=PROMPTS):
+    search = ConstrainedBeamSearch(kb, cfg)
+    return search(HFBackend(model), prompts_of(prompts), len(prompts))
+
+
+def test_one_group_without_early_stop_equals_transformers_beam_search(kb, model):
+    k, steps = 4, 3
+    cfg = DecodingConfig(num_beams=k, num_groups=1, diversity_penalty=0.0, min_length=1, max_length=steps,
+                         stop_when_unique=False, constraint="mask")
+    prompt = PROMPTS[0]
+    ours = run(kb, model, cfg, [prompt])[0]
+
+    def allowed(batch_id, input_ids):
+        generated = input_ids[len(prompt):].tolist()
+        nxt = kb.next_tokens(generated).tolist()
+        return nxt or [1]
+
+    out = model.generate(torch.tensor([prompt]), num_beams=k, num_return_sequences=k, max_new_tokens=steps,
+                         do_sample=False, prefix_allowed_tokens_fn=allowed, length_penalty=1.0,
+                         return_dict_in_generate=True, output_scores=True, pad_token_id=2, eos_token_id=1)
+    hf = [(seq[len(prompt):].tolist(), float(s)) for seq, s in zip(out.sequences, out.sequences_scores)]
+    # Our search then drops the clues that map to several documents; the others must match exactly.
+    hf_unique = [(seq, score) for seq, score in hf if kb.unique_doc(seq) is not None]
+    assert len(hf_unique) >= 2
+    assert [c.token_ids for c in ours.clues] == [seq for seq, _ in hf_unique]
+    for c, (_, score) in zip(ours.clues, hf_unique):
+        assert c.score == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("groups,penalty", [(1, 0.0), (3, 0.5), (6, 1.0)])
+def test_mask_and_topk_constraints_give_identical_results(kb, model, groups, penalty):
+    base = dict(num_beams=6, num_groups=groups, diversity_penalty=penalty, min_length=2, max_length=6)
+    a = run(kb, model, DecodingConfig(constraint="mask", **base))
+    b = run(kb, model, DecodingConfig(constraint="topk", topk_candidates=2, **base))
+    for ra, rb in zip(a, b):
+        assert [(c.token_ids, c.doc_id) for c in ra.clues] == [(c.token_ids, c.doc_id) for c in rb.clues]
+        assert [c.score for c in ra.clues] == pytest.approx([c.score for c in rb.clues], abs=1e-6)
+        assert [d.doc_id for d in ra.docs] == [d.doc_id for d in rb.docs]
+
+
+def sequence_logprob(model, prompt: list[int], clue: list[int]) -> float:
+    ids = torch.tensor([prompt + clue])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+    return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(clue))
+
+
+def test_clue_properties(kb, model):
+    cfg = DecodingConfig(num_beams=8, num_groups=4, diversity_penalty=0.5, min_length=2, max_length=5,
+                         length_penalty=0.7)
+    results = run(kb, model, cfg)
+    assert any(r.clues for r in results)
+    for prompt, r in zip(PROMPTS, results):
+        scores = [c.score for c in r.clues]
+        assert scores == sorted(scores, reverse=True)
+        assert len({d.doc_id for d in r.docs}) == len(r.docs)  # deduplicated
+        assert [d.score for d in r.docs] == sorted((d.score for d in r.docs), reverse=True)
+        for c in r.clues:
+            assert cfg.min_length <= len(c.token_ids) <= cfg.max_length
+            assert kb.count(c.token_ids) > 0  # occurs in the KB
+            assert kb.unique_doc(c.token_ids) == c.doc_id  # and maps to its one document
+            # stops as soon as unique: no shorter prefix of length >= l_min was already unique
+            for n in range(cfg.min_length, len(c.token_ids)):
+                assert kb.unique_doc(c.token_ids[:n]) is None
+            assert c.logprob == pytest.approx(sequence_logprob(model, prompt, c.token_ids), abs=1e-4)
+            assert c.score == pytest.approx(c.logprob / len(c.token_ids) ** 0.7, abs=1e-6)
+
+
+def test_groups_produce_different_clues(kb, model):
+    diverse = run(kb, model, DecodingConfig(num_beams=8, num_groups=8, diversity_penalty=3.0, min_length=2,
+                                            max_length=5))
+    for r in diverse:
+        firsts = {c.token_ids[0] for c in r.clues}
+        assert len(firsts) > 1 or len(r.clues) <= 1
+
+
+def test_batched_queries_equal_single_queries(kb, model):
+    cfg = DecodingConfig(num_beams=6, num_groups=2, min_length=2, max_length=5)
+    batched = run(kb, model, cfg)
+    for prompt, r in zip(PROMPTS, batched):
+        single = run(kb, model, cfg, [prompt])[0]
+        assert [c.token_ids for c in single.clues] == [c.token_ids for c in r.clues]
+        assert [c.score for c in single.clues] == pytest.approx([c.score for c in r.clues], abs=1e-4)
+
+
+def test_logsumexp_document_scores(kb, model):
+    cfg = DecodingConfig(num_beams=8, num_groups=2, min_length=1, max_length=4, doc_score="logsumexp")
+    for r in run(kb, model, cfg):
+        for d in r.docs:
+            expected = math.log(sum(math.exp(c.score) for c in d.clues))
+            assert d.score == pytest.approx(expected, abs=1e-6)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="multiple of num_groups"):
+        DecodingConfig(num_beams=10, num_groups=4)
+    with pytest.raises(ValueError, match="min_length"):
+        DecodingConfig(min_length=5, max_length=3)
+    with pytest.raises(ValueError, match="constraint must be one of"):
+        DecodingConfig(constraint="fast")
