@@ -16,10 +16,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "KnowledgeBase": "gemkr_llamaindex.kb",
     "KBError": "gemkr_llamaindex.kb",
+    "GeMKRIndex": "gemkr_llamaindex.llamaindex",
+    "GeMKRRetriever": "gemkr_llamaindex.llamaindex",
+    "ClueGenerator": "gemkr_llamaindex.llamaindex",
+    "DecodingConfig": "gemkr_llamaindex.decoding",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
+    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever
 
 __all__ = ["__version__", *_LAZY]
 
