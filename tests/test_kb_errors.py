@@ -184,3 +184,11 @@ def test_kb_directory_honours_the_umask(kb_dir):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(kb_dir).st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_older_format_version(kb_dir):
+    manifest = json.loads((kb_dir / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (kb_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="older than this library's"):
+        KnowledgeBase.open(kb_dir)

@@ -18,7 +18,7 @@ import numpy as np
 from gemkr_llamaindex.kb.errors import ChecksumError, IndexFormatError
 
 FORMAT_NAME = "gemkr-kb"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -108,6 +108,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise IndexFormatError(
             f"{path}: format version {version} is newer than this library supports ({FORMAT_VERSION}); "
             "upgrade gemkr-llamaindex or rebuild the KB with this version"
+        )
+    if version < FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: format version {version} is older than this library's ({FORMAT_VERSION}); rebuild the KB"
         )
     return manifest
 

@@ -40,7 +40,7 @@
 namespace gemkr {
 
 constexpr char kMagic[8] = {'G', 'E', 'M', 'K', 'R', 'F', 'M', 'I'};
-constexpr uint32_t kFormatVersion = 1;  // bump on any layout change
+constexpr uint32_t kFormatVersion = 2;  // bump on any layout change
 constexpr uint32_t kSymEnd = 0;  // $
 constexpr uint32_t kSymSep = 1;  // document separator
 constexpr uint32_t kSymFirstToken = 2;
@@ -442,7 +442,9 @@ inline FMIndex::FMIndex(const std::string& path) : path_(path) {
   if (h_.version > kFormatVersion)
     fail("format version " + std::to_string(h_.version) + " is newer than this library's " +
          std::to_string(kFormatVersion) + "; upgrade gemkr-llamaindex or rebuild the KB");
-  if (h_.version < 1) fail("unknown format version " + std::to_string(h_.version));
+  if (h_.version < kFormatVersion)
+    fail("format version " + std::to_string(h_.version) + " is older than this library's " +
+         std::to_string(kFormatVersion) + "; rebuild the KB with this version");
   if (h_.file_size != size)
     fail("size " + std::to_string(size) + " differs from the recorded " + std::to_string(h_.file_size) +
          " (truncated or corrupt); rebuild the KB");
