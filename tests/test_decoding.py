@@ -88,7 +88,9 @@ def test_one_group_without_early_stop_equals_transformers_beam_search(kb, model)
 def test_mask_and_topk_constraints_give_identical_results(kb, model, groups, penalty):
     base = dict(num_beams=6, num_groups=groups, diversity_penalty=penalty, min_length=2, max_length=6)
     a = run(kb, model, DecodingConfig(constraint="mask", **base))
-    b = run(kb, model, DecodingConfig(constraint="topk", topk_candidates=2, **base))
+    b = run(kb, model, DecodingConfig(constraint="topk", topk_candidates=2, enumerate_below=0, **base))
+    c = run(kb, model, DecodingConfig(constraint="topk", topk_candidates=40, enumerate_below=3, **base))
+    assert [[x.token_ids for x in r.clues] for r in c] == [[x.token_ids for x in r.clues] for r in a]
     for ra, rb in zip(a, b):
         assert [(c.token_ids, c.doc_id) for c in ra.clues] == [(c.token_ids, c.doc_id) for c in rb.clues]
         assert [c.score for c in ra.clues] == pytest.approx([c.score for c in rb.clues], abs=1e-6)

@@ -100,7 +100,7 @@ class ConstrainedBeamSearch:
                     continue
                 pen = self._penalised(logp_cpu, [beams[i] for i in group], used)
                 if cfg.constraint == "mask":
-                    cands = self._candidates_mask(beams, group, logp_cpu, pen, allowed)
+                    cands = self._candidates_mask(beams, group, logp_cpu, pen, [allowed[i] for i in group])
                 else:
                     cands = self._candidates_topk(beams, group, logp_cpu, pen)
                 chosen = self._select(cands, k)
@@ -167,13 +167,14 @@ class ConstrainedBeamSearch:
         self.timings["kb"] += time.perf_counter() - t
         return [tokens[offsets[i] : offsets[i + 1]] for i in range(len(beams))]
 
-    def _candidates_mask(self, beams, group, logp, pen, allowed) -> list[_Candidate]:
-        """(a) every continuation of each beam, masked out of the whole vocabulary; best 2k per beam."""
+    def _candidates_mask(self, beams, group, logp, pen, allowed, rows=None) -> list[_Candidate]:
+        """(a) every continuation of each beam, masked out of the whole vocabulary; best 2k per beam.
+        ``allowed[r]`` lists the continuations of the group's r-th beam; ``rows`` limits the beams."""
         need = 2 * self.config.group_size
         out = []
-        for r, i in enumerate(group):
-            b = beams[i]
-            toks = torch.as_tensor(allowed[i], dtype=torch.long)
+        for r in rows if rows is not None else range(len(group)):
+            b = beams[group[r]]
+            toks = torch.as_tensor(allowed[r], dtype=torch.long)
             if toks.numel() == 0:
                 continue
             scores = pen[r, toks]
@@ -186,58 +187,47 @@ class ConstrainedBeamSearch:
         return out
 
     def _candidates_topk(self, beams, group, logp, pen) -> list[_Candidate]:
-        """(b) the model's best tokens checked against the KB in descending order, until each beam has the
-        2k allowed tokens beam search can use (or its whole vocabulary was checked): exact."""
-        need = 2 * self.config.group_size
-        vocab = pen.shape[1]
-        m = min(self.config.topk_candidates, vocab)
-        pending = list(range(len(group)))
-        found: dict[int, list[tuple[int, float, np.ndarray]]] = {r: [] for r in pending}
-        checked: dict[int, set[int]] = {r: set() for r in pending}
-        order = {}
-        while pending:
-            # candidate tokens of every pending beam, best first (penalised score, then token id)
-            sub = pen[pending]
-            mm = min(m, vocab)
-            top = torch.topk(sub, mm, dim=1)
-            states, toks, owners = [], [], []
-            for j, r in enumerate(pending):
-                vals = top.values[j].tolist()
-                ids = top.indices[j].tolist()
-                pairs = sorted(zip(vals, ids), key=lambda p: (-p[0], p[1]))
-                order[r] = pairs
-                for val, tok in pairs:
-                    if not np.isfinite(val):
-                        break
-                    if tok in checked[r]:
-                        continue
-                    checked[r].add(tok)
-                    states.append(beams[group[r]].state)
-                    toks.append(tok)
-                    owners.append((r, val))
-            if toks:
-                t = time.perf_counter()
-                child = self.kb.extend(np.stack(states), toks)
-                counts = self.kb.counts(child)
-                self.timings["kb"] += time.perf_counter() - t
-                for (r, val), tok, c, st in zip(owners, toks, counts, child):
-                    if c > 0 and len(found[r]) < need:
-                        found[r].append((tok, val, st))
-            still = []
-            for r in pending:
-                pairs = order[r]
-                exhausted = mm >= vocab or any(not np.isfinite(v) for v, _ in pairs)
-                if len(found[r]) < need and not exhausted:
-                    still.append(r)
-            pending = still
-            m *= 4
-        out = []
-        for r, items in found.items():
-            b = beams[group[r]]
-            cands = self._make(b, r, [t for t, _, _ in items], [v for _, v, _ in items], logp)
-            for c, (_, _, s) in zip(cands, items):
-                c.state = s
-            out.extend(cands)
+        """(b) the model's best tokens checked against the KB in descending order: each beam keeps the first
+        2k allowed ones, which is all beam search can use. Exact: a beam whose prefix is rare (few rows, so
+        few continuations) or whose best ``topk_candidates`` tokens hold fewer than 2k allowed ones has its
+        continuations listed instead, as in (a)."""
+        cfg = self.config
+        need = 2 * cfg.group_size
+        m = min(max(cfg.topk_candidates, need), pen.shape[1])
+        states = np.stack([beams[i].state for i in group])
+        t = time.perf_counter()
+        counts = self.kb.counts(states)
+        self.timings["kb"] += time.perf_counter() - t
+        listed = [r for r in range(len(group)) if counts[r] <= cfg.enumerate_below]
+        checked = [r for r in range(len(group)) if counts[r] > cfg.enumerate_below]
+        out: list[_Candidate] = []
+        if checked:
+            top = torch.topk(pen[checked], m, dim=1)
+            vals, toks = top.values.numpy(), top.indices.numpy()
+            t = time.perf_counter()
+            child = self.kb.extend(np.repeat(states[checked], m, axis=0), toks.reshape(-1))
+            ok = (self.kb.counts(child) > 0).reshape(len(checked), m)
+            self.timings["kb"] += time.perf_counter() - t
+            child = child.reshape(len(checked), m, *child.shape[1:])
+            for j, r in enumerate(checked):
+                order = np.lexsort((toks[j], -vals[j]))  # best first; ties by token id, as in (a)
+                pick = [o for o in order if ok[j, o] and np.isfinite(vals[j, o])][:need]
+                exhausted = m == pen.shape[1] or not np.isfinite(vals[j]).all()
+                if len(pick) < need and not exhausted:
+                    listed.append(r)  # not enough allowed among the best m: list them all
+                    continue
+                b = beams[group[r]]
+                cands = self._make(b, r, [int(toks[j, o]) for o in pick], [float(vals[j, o]) for o in pick], logp)
+                for c, o in zip(cands, pick):
+                    c.state = child[j, o]
+                out.extend(cands)
+        if listed:
+            allowed = self._allowed_all([beams[group[r]] for r in listed])
+            by_row = dict.fromkeys(range(len(group)))
+            for r, a in zip(listed, allowed):
+                by_row[r] = a
+            out.extend(self._candidates_mask(beams, group, logp, pen, [by_row[r] for r in range(len(group))],
+                                             rows=listed))
         return out
 
     def _make(self, beam: _Beam, r: int, toks: list[int], pens: list[float], logp: torch.Tensor) -> list[_Candidate]:

@@ -25,7 +25,9 @@ class DecodingConfig:
     * ``constraint``: ``"topk"`` checks the model's best tokens against the KB in descending order until
       each beam has the 2 x group-size allowed tokens beam search can use (exact, and cheap when a prefix
       has thousands of continuations); ``"mask"`` lists every continuation and masks the vocabulary.
-      Both give identical results; see ``benchmarks/retrieval_latency.py`` for their cost.
+      Both give identical results; see ``benchmarks/retrieval_latency.py`` for their cost. In ``"topk"``
+      mode a beam whose prefix occurs at most ``enumerate_below`` times (so has few continuations), or
+      whose best ``topk_candidates`` tokens hold too few allowed ones, has its continuations listed.
     * ``doc_score``: a document's score is its best clue's (``"max"``) or the log-sum-exp over its clues.
     """
 
@@ -37,7 +39,8 @@ class DecodingConfig:
     length_penalty: float = 1.0
     stop_when_unique: bool = True
     constraint: str = "topk"
-    topk_candidates: int = 32
+    topk_candidates: int = 64
+    enumerate_below: int = 256
     doc_score: str = "max"
 
     def __post_init__(self) -> None:
@@ -49,8 +52,8 @@ class DecodingConfig:
             raise ValueError(f"constraint must be one of {CONSTRAINT_MODES}, got {self.constraint!r}")
         if self.doc_score not in DOC_SCORES:
             raise ValueError(f"doc_score must be one of {DOC_SCORES}, got {self.doc_score!r}")
-        if self.topk_candidates < 1:
-            raise ValueError("topk_candidates must be >= 1")
+        if self.topk_candidates < 1 or self.enumerate_below < 0:
+            raise ValueError("topk_candidates must be >= 1 and enumerate_below >= 0")
 
     @property
     def group_size(self) -> int:
