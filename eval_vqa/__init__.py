@@ -1,0 +1,11 @@
+"""Evaluation of multimodal knowledge retrieval and knowledge-based VQA.
+
+* :mod:`eval_vqa.metrics` - pseudo-relevance PRP/PRR@K (substring / word), gold-id P/R@K, MRR,
+  VQA soft accuracy with the official answer normalisation, exact match.
+* :mod:`eval_vqa.loaders` - OK-VQA (GS112K, WK21M), GeMKR JSON, ReMuQ, M2KR, our JSONL, the mini benchmark.
+* :mod:`eval_vqa.baselines` - BM25, dense text, CLIP image-to-text and late-interaction retrievers.
+* :mod:`eval_vqa.runner` / :mod:`eval_vqa.cli` - resumable runs, reports and plots (``eval-vqa``).
+* :mod:`eval_vqa.mini` / :mod:`eval_vqa.images` - the shipped mini benchmark and its packaged images.
+
+Importing this package is cheap: submodules load torch, llama-index or models only when used.
+"""

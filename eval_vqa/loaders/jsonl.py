@@ -1,0 +1,93 @@
+"""Our own JSONL format (the mini benchmark's), with an optional corpus JSONL.
+
+Query lines: ``{"id", "question", "answers", "gold_doc_ids", "image"}`` where ``image`` is
+``{"package", "name"}`` (an image shipped in a package), ``{"path": ...}`` or a plain path string
+(relative paths resolve against the JSONL's folder). Corpus lines: ``{"id", "text"}``.
+
+``load_mini`` is the shipped mini benchmark with the 10,033 packaged Wikipedia summaries as corpus
+(doc id = title).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from .base import DatasetFormatError, VQADataset, VQAQuery, as_answer_list, require_file
+
+
+def _image_source(image, base: Path, path: Path, lineno: int):
+    if image is None:
+        return None
+    if isinstance(image, str):
+        return base / image
+    if isinstance(image, dict) and "path" in image:
+        return base / image["path"]
+    if isinstance(image, dict) and {"package", "name"} <= set(image):
+        from ..images import load_packaged_image, packaged_image_file
+
+        packaged_image_file(image["package"], image["name"])  # unknown names fail at load time of the file
+        return lambda p=image["package"], n=image["name"]: load_packaged_image(p, n)
+    raise DatasetFormatError(f"{path}:{lineno}: 'image' must be a path, {{'path'}} or {{'package','name'}}, got {image!r}")
+
+
+def load_jsonl_queries(path: str | Path) -> list[VQAQuery]:
+    path = require_file(path, "query JSONL")
+    base = path.parent
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetFormatError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            missing = [k for k in ("id", "question", "answers") if k not in rec]
+            if missing:
+                raise DatasetFormatError(f"{path}:{lineno}: missing field(s) {missing}; found {sorted(rec)}")
+            out.append(
+                VQAQuery(
+                    qid=str(rec["id"]),
+                    question=rec["question"],
+                    image=_image_source(rec.get("image"), base, path, lineno),
+                    answers=as_answer_list(rec["answers"], path, f"line {lineno}"),
+                    gold_doc_ids=[str(g) for g in rec.get("gold_doc_ids", [])],
+                    meta={"image_ref": rec.get("image")},
+                )
+            )
+    return out
+
+
+def iter_jsonl_corpus(path: Path) -> Iterator[tuple[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                yield str(rec["id"]), rec["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetFormatError(f"{path}:{lineno}: expected {{'id', 'text'}} ({exc!r})") from exc
+
+
+def load_jsonl(data_dir: str | Path, queries: str = "queries.jsonl", corpus: str = "corpus.jsonl") -> VQADataset:
+    """Queries and corpus in our JSONL format (file names relative to ``data_dir``)."""
+    data_dir = Path(data_dir)
+    corpus_path = require_file(data_dir / corpus, "corpus JSONL")
+    return VQADataset("jsonl", load_jsonl_queries(data_dir / queries), lambda: iter_jsonl_corpus(corpus_path))
+
+
+def load_mini(data_dir: str | Path | None = None, queries: str | None = None) -> VQADataset:
+    """The shipped mini benchmark; corpus = the packaged Wikipedia summaries (doc id = title)."""
+    from ..mini import MINI_PATH
+
+    path = Path(data_dir) / (queries or "mini_vqa.jsonl") if data_dir is not None else MINI_PATH
+
+    def corpus() -> Iterator[tuple[str, str]]:
+        from gemkr_llamaindex.assets import wiki_summaries
+
+        return iter(wiki_summaries())
+
+    return VQADataset("mini", load_jsonl_queries(path), corpus, "mini benchmark over 10,033 Wikipedia summaries")

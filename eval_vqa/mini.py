@@ -1,0 +1,46 @@
+"""The mini VQA benchmark that ships with the project (``eval_vqa/data/mini_vqa.jsonl``).
+
+Each line: ``{"id", "image": {"package", "name"}, "question", "answers": [...], "gold_doc_ids": [...]}``.
+Images are loaded from installed packages (see :mod:`eval_vqa.images`); gold doc ids are titles of the
+packaged Wikipedia summaries (``gemkr_llamaindex.assets.wiki_summaries()``), and every answer occurs in
+at least one gold summary, so pseudo-relevance and gold-id metrics agree on what a hit is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MINI_PATH: Path = Path(__file__).parent / "data" / "mini_vqa.jsonl"
+_REQUIRED = ("id", "image", "question", "answers", "gold_doc_ids")
+
+
+def load_mini_benchmark(path: str | Path | None = None) -> list[dict]:
+    """Read the mini benchmark (or another file in the same format) into a list of item dicts.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line is not JSON or lacks a field; the message names the file and line.
+    """
+    path = Path(path) if path is not None else MINI_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"mini benchmark file not found: {path}")
+    items: list[dict] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            missing = [k for k in _REQUIRED if k not in item]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; expected {list(_REQUIRED)}")
+            image = item["image"]
+            if not isinstance(image, dict) or not {"package", "name"} <= set(image):
+                raise ValueError(f"{path}:{lineno}: 'image' must be {{'package': ..., 'name': ...}}, got {image!r}")
+            if not item["answers"] or not all(isinstance(a, str) for a in item["answers"]):
+                raise ValueError(f"{path}:{lineno}: 'answers' must be a non-empty list of strings")
+            items.append(item)
+    return items

@@ -1,0 +1,101 @@
+"""Reports of a run: ``results.json``, a markdown table with all retrievers side by side, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .metrics import metric_name
+
+RELEVANCE_TEXT = {
+    "substring": "substring (answer in passage.lower(), as VRR/GeMKR)",
+    "word": "word (\\banswer\\b in passage.lower())",
+}
+
+
+def _fmt(value: float | None, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if percent else f"{value:.1f}"
+
+
+def markdown_table(results: dict, e2e: bool = False) -> str:
+    """All retrievers as rows; PRP/PRR@K under the run's relevance variant, gold-id R@K and MRR when the
+    dataset has gold ids, answer metrics for e2e runs, and mean latency."""
+    ks = results["config"]["ks"]
+    variant = results["relevance"]
+    rows = results["retrievers"]
+    has_gold = any(metric_name("R", ks[0], "gold") in r for r in rows.values())
+    cols: list[tuple[str, str, bool]] = []
+    if e2e:
+        cols += [("VQA acc (leave-one-out)", "VQA acc", True), ("EM (VQA-normalised)", "EM", True)]
+    cols += [(metric_name("PRR", k, variant), f"PRR@{k}", True) for k in ks]
+    cols += [(metric_name("PRP", k, variant), f"PRP@{k}", True) for k in ks]
+    if has_gold:
+        cols += [(metric_name("R", k, "gold"), f"R@{k} (gold)", True) for k in ks]
+        cols += [(metric_name("MRR", None, "gold"), "MRR (gold)", True)]
+    cols += [("latency_ms_mean", "ms/query", False)]
+    lines = [
+        (
+            f"Dataset `{results['config']['dataset']}`: {results['n_queries']} queries, corpus of "
+            f"{results['corpus_size']:,} passages. Pseudo-relevance variant: {RELEVANCE_TEXT.get(variant, variant)}. "
+            "Values in %, mean over queries; PRP@K divides by K even when fewer passages came back."
+        ),
+        "",
+        "| retriever | " + " | ".join(title for _, title, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for label, summary in rows.items():
+        cells = [_fmt(summary.get(key), pct) for key, _, pct in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict, out_dir: Path) -> list[Path]:
+    """``recall_at_k.png`` (PRR@K and, with gold ids, R@K per retriever) and ``latency.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = results["config"]["ks"]
+    variant = results["relevance"]
+    rows = results["retrievers"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, s) in enumerate(rows.items()):
+        color = f"C{i % 10}"
+        ax.plot(ks, [100 * s.get(metric_name("PRR", k, variant), float("nan")) for k in ks], marker="o",
+                color=color, label=f"{label} PRR ({variant})")
+        if metric_name("R", ks[0], "gold") in s:
+            ax.plot(ks, [100 * s[metric_name("R", k, "gold")] for k in ks], marker="s", linestyle="--",
+                    color=color, label=f"{label} R (gold)")
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall@K (%)")
+    ax.set_xticks(ks)
+    ax.set_title(f"{results['config']['dataset']}: recall@K ({results['corpus_size']:,} passages)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "recall_at_k.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    labels = list(rows)
+    ax.barh(labels, [rows[label]["latency_ms_mean"] for label in labels])
+    ax.set_xlabel("mean latency per query (ms)")
+    ax.set_title("latency per retriever")
+    fig.tight_layout()
+    paths.append(out_dir / "latency.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_reports(results: dict, out_dir: Path, e2e: bool = False) -> None:
+    out_dir = Path(out_dir)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(markdown_table(results, e2e))
+    if results["retrievers"]:
+        plot_results(results, out_dir)

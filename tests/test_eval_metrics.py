@@ -1,0 +1,181 @@
+"""Metrics against cases computed by hand from the definitions in DESIGN.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval_vqa.metrics import (
+    aggregate,
+    answer_scores,
+    exact_match,
+    hit_at_k,
+    is_relevant,
+    metric_name,
+    mrr,
+    normalize_answer,
+    precision_at_k,
+    prp_at_k,
+    prr_at_k,
+    recall_at_k,
+    retrieval_scores,
+    vqa_accuracy,
+)
+
+# (passage, answers, substring?, word?)
+RELEVANCE_CASES = [
+    ("It is not a dog.", ["no"], True, False),
+    ("Nobody came.", ["no"], True, False),
+    ("No, it cannot.", ["no"], True, True),
+    ("Launched in 1990.", ["1"], True, False),
+    ("Only 1 survived.", ["1"], True, True),
+    ("Player 1's turn", ["1"], True, True),
+    ("The barn was bored.", ["red"], True, False),
+    ("A RED bus.", ["red"], True, True),
+    ("Reddish sky", ["red"], True, False),
+    ("A rocket engine produces thrust", ["Rocket Engine"], True, True),
+    ("blue sky", ["red", "sky"], True, True),
+    ("blue sky", [], False, False),
+    ("blue sky", ["", "  "], False, False),
+]
+
+
+@pytest.mark.parametrize("passage,answers,substring,word", RELEVANCE_CASES)
+def test_relevance_variants(passage, answers, substring, word):
+    assert is_relevant(passage, answers, "substring") is substring
+    assert is_relevant(passage, answers, "word") is word
+
+
+def test_relevance_rejects_unknown_mode_and_bare_string():
+    with pytest.raises(ValueError, match="unknown relevance mode"):
+        is_relevant("x", ["x"], "fuzzy")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        is_relevant("x", "x")
+
+
+PASSAGES = ["the red car", "nothing here", "a red apple", "noon"]
+
+
+def test_prp_uses_k_as_denominator_even_when_fewer_passages():
+    assert prp_at_k(PASSAGES, ["red"], 1) == 1.0
+    assert prp_at_k(PASSAGES, ["red"], 2) == 0.5
+    assert prp_at_k(PASSAGES, ["red"], 4) == 0.5
+    # only 4 passages came back but K = 10: 2 relevant / 10
+    assert prp_at_k(PASSAGES, ["red"], 10) == pytest.approx(0.2)
+    assert prp_at_k([], ["red"], 5) == 0.0
+    # "no" substring-matches "nothing" and "noon" but word-matches neither
+    assert prp_at_k(PASSAGES, ["no"], 4, "substring") == 0.5
+    assert prp_at_k(PASSAGES, ["no"], 4, "word") == 0.0
+
+
+def test_prr_is_any_relevant_in_top_k():
+    assert prr_at_k(PASSAGES, ["apple"], 2) == 0.0
+    assert prr_at_k(PASSAGES, ["apple"], 3) == 1.0
+    assert prr_at_k(PASSAGES, ["no"], 2, "substring") == 1.0
+    assert prr_at_k(PASSAGES, ["no"], 4, "word") == 0.0
+    with pytest.raises(ValueError):
+        prr_at_k(PASSAGES, ["red"], 0)
+
+
+def test_aggregated_prp_equals_sum_over_k_times_n():
+    q1 = prp_at_k(PASSAGES, ["red"], 5)  # 2 relevant
+    q2 = prp_at_k(PASSAGES, ["noon"], 5)  # 1 relevant
+    q3 = prp_at_k(PASSAGES, ["zebra"], 5)  # 0
+    agg = aggregate([{"PRP@5": q1}, {"PRP@5": q2}, {"PRP@5": q3}])
+    assert agg["PRP@5"] == pytest.approx((2 + 1 + 0) / (5 * 3))
+
+
+def test_gold_id_metrics():
+    ranked = ["d3", "d1", "d7", "d2"]
+    gold = ["d1", "d2", "d9"]
+    assert precision_at_k(ranked, gold, 1) == 0.0
+    assert precision_at_k(ranked, gold, 2) == 0.5
+    assert precision_at_k(ranked, gold, 10) == pytest.approx(2 / 10)
+    assert recall_at_k(ranked, gold, 2) == pytest.approx(1 / 3)
+    assert recall_at_k(ranked, gold, 4) == pytest.approx(2 / 3)
+    assert hit_at_k(ranked, gold, 1) == 0.0 and hit_at_k(ranked, gold, 2) == 1.0
+    assert mrr(ranked, gold) == 0.5
+    assert mrr(ranked, ["d2"]) == 0.25
+    assert mrr(ranked, ["d2"], k=3) == 0.0
+    assert mrr(ranked, ["zz"]) == 0.0
+    with pytest.raises(ValueError, match="gold"):
+        recall_at_k(ranked, [], 5)
+
+
+@pytest.mark.parametrize(
+    "raw,norm",
+    [
+        ("Dog.", "dog"),
+        ("the dog", "dog"),
+        ("A Dog", "dog"),
+        ("an apple", "apple"),
+        ("two", "2"),
+        ("Ten", "10"),
+        ("none", "0"),
+        ("3.5", "3.5"),
+        ("10,000", "10000"),
+        ("t-shirt", "t shirt"),
+        ("yes!", "yes"),
+        ("hello , world", "hello world"),
+        ("dont", "don't"),
+        ("isnt", "isn't"),
+        ("couldntve", "couldn't've"),
+        ("its", "its"),
+        ("  fire\thydrant\n", "fire hydrant"),
+    ],
+)
+def test_normalisation(raw, norm):
+    assert normalize_answer(raw) == norm
+
+
+def test_vqa_accuracy_leave_one_out_by_hand():
+    # 3 of 10 references say "dog": the 3 "dog" refs see 2 matches (2/3), the 7 others see 3 (1).
+    refs = ["dog"] * 3 + ["cat"] * 7
+    assert vqa_accuracy("dog", refs) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
+    # 2 of 10: the 2 see 1 (1/3), the 8 others see 2 (2/3)
+    refs = ["dog"] * 2 + ["cat"] * 8
+    assert vqa_accuracy("dog", refs) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+    # 1 of 10: that one sees 0, the 9 others see 1 (1/3) -> 0.3
+    refs = ["dog"] + ["cat"] * 9
+    assert vqa_accuracy("dog", refs) == pytest.approx(0.3)
+    # 4 or more of 10 -> 1.0; none -> 0.0
+    assert vqa_accuracy("dog", ["dog"] * 4 + ["cat"] * 6) == 1.0
+    assert vqa_accuracy("bird", ["dog"] * 4 + ["cat"] * 6) == 0.0
+
+
+def test_vqa_accuracy_normalises_both_sides():
+    # OK-VQA style: 5 answers each given twice; "2" matches "two" and "Two."
+    refs = ["two", "two", "2", "2", "Two.", "Two.", "three", "three", "a couple", "a couple"]
+    # 6 references normalise to "2": each of those sees 5 others (1), the 4 others see 6 (1)
+    assert vqa_accuracy("2", refs) == 1.0
+    refs = ["the red one", "red one", "Red", "red", "maroon", "maroon", "crimson", "crimson", "pink", "pink"]
+    # "red" matches refs 3,4 (2 refs): each sees 1 (1/3), the other 8 see 2 (2/3)
+    assert vqa_accuracy("Red.", refs) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+    # "the red one" -> "red 1" matches refs 1 and 2
+    assert vqa_accuracy("Red one", refs) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+    refs = ["don't know"] * 2 + ["dont know"] * 2 + ["no"] * 6
+    assert vqa_accuracy("dont know", refs) == 1.0
+
+
+def test_vqa_accuracy_few_references_and_errors():
+    assert vqa_accuracy("dog", ["dog"]) == 0.0  # leave-one-out: nobody else agrees
+    assert vqa_accuracy("dog", ["dog", "dog"]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        vqa_accuracy("dog", [])
+
+
+def test_exact_match():
+    assert exact_match("The Eiffel Tower.", ["eiffel tower", "tower"]) == 1.0
+    assert exact_match("two", ["2"]) == 1.0
+    assert exact_match("eiffel", ["eiffel tower"]) == 0.0
+
+
+def test_per_query_bundle_has_canonical_names():
+    scores = retrieval_scores(
+        passages=["the red car", "a blue sky"], retrieved_ids=["a", "b"], answers=["red"],
+        gold_ids=["b"], ks=[1, 5],
+    )
+    assert scores[metric_name("PRR", 1, "substring")] == 1.0 == scores["PRR@1 (substring)"]
+    assert scores["PRP@5 (word)"] == pytest.approx(1 / 5)
+    assert scores["P@1 (gold)"] == 0.0 and scores["R@5 (gold)"] == 1.0 and scores["MRR (gold)"] == 0.5
+    assert "P@1 (gold)" not in retrieval_scores(["x"], ["a"], ["x"], None, ks=[1])
+    assert answer_scores("two", ["2"] * 10) == {"VQA acc (leave-one-out)": 1.0, "EM (VQA-normalised)": 1.0}
