@@ -5,6 +5,17 @@
 * :class:`VQAQueryEngine` - any retriever + a reader, with the *query image* sent first.
 * :func:`short_answer` - cut a generation to a one-to-three-word VQA answer.
 
+Usage, with any LlamaIndex retriever (BM25 here; a ``GeMKRRetriever`` reads ``image_path`` too)::
+
+    from llama_index.core.schema import QueryBundle
+    from reader import VQAQueryEngine, VQAReader
+
+    engine = VQAQueryEngine(retriever, VQAReader(), top_k=3, tagger=my_tagger)   # tagger optional
+    response = engine.query(QueryBundle("Which family does this animal belong to?", image_path="cat.jpg"))
+    response.response                   # "Felidae"
+    response.source_nodes               # the retriever's NodeWithScore list, metadata intact
+    response.metadata["raw_answer"]     # the generation before the short-answer cut
+
 Imports are lazy: ``import reader`` does not import torch, transformers or llama_index.
 """
 
@@ -12,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["VQAReader", "VQAQueryEngine", "short_answer", "build_vqa_message", "DEFAULT_VQA_TEMPLATE"]
+__all__ = ["DEFAULT_VQA_TEMPLATE", "VQAQueryEngine", "VQAReader", "build_vqa_message", "short_answer"]
 
 _WHERE = {
     "VQAReader": "llm",
