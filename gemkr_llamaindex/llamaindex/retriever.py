@@ -52,7 +52,9 @@ class GeMKRRetriever(BaseRetriever):
         if isinstance(q, str):
             q = QueryBundle(query_str=q)
         image = getattr(q, "image_path", None) or None
-        tags = self.tagger(image) if (self.tagger is not None and image is not None) else None
+        tags = getattr(q, "tags", None)  # a bundle may carry precomputed hints (eval_vqa's VQAQueryBundle)
+        if tags is None and self.tagger is not None and image is not None:
+            tags = self.tagger(image)
         return ClueQuery(question=q.query_str or "", image=image, tags=tags)
 
     def _node_for(self, doc_id: str, doc_index: int):
