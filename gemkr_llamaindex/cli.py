@@ -14,6 +14,10 @@ from collections.abc import Sequence
 # Modules that provide ``register(subparsers)``; imported when the command line is parsed.
 SUBCOMMAND_MODULES = (
     "gemkr_llamaindex.kb.cli",
+    "gemkr_llamaindex.tags.cli",
+    "gemkr_llamaindex.training.cli",
+    "gemkr_llamaindex.llamaindex.cli",
+    "eval_vqa.cli",
 )
 
 
@@ -21,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gemkr_llamaindex import __version__
 
     parser = argparse.ArgumentParser(prog="gemkr", description="Generative multimodal knowledge retrieval tools")
+    # subcommand modules import their heavy dependencies only when run
     parser.add_argument("--version", action="version", version=f"gemkr-llamaindex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
