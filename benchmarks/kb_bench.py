@@ -175,44 +175,30 @@ class NumpySuffixArray:
         self.bytes = self.sa.nbytes + text.nbytes + owner.nbytes
 
     def range(self, ids):
-        pat = np.asarray(ids, dtype=np.int32) + 2
-        lo, hi = 0, len(self.sa)
+        """Suffix-array rows whose suffix starts with ids: two binary searches."""
+        pat = (np.asarray(ids, dtype=np.int32) + 2).tolist()
         m = len(pat)
         text, sa = self.text, self.sa
 
-        def less(i):  # suffix at sa[i] truncated to m < pat
-            s = sa[i]
-            seg = text[s : s + m]
-            for x, y in zip(seg.tolist(), pat.tolist()):
+        def before(i, or_equal):  # suffix at sa[i], cut to m tokens, sorts before pat (or equals it)
+            seg = text[sa[i] : sa[i] + m].tolist()
+            for x, y in zip(seg, pat):
                 if x != y:
                     return x < y
-            return len(seg) < m
+            return or_equal or len(seg) < m
 
-        a, b = lo, hi
-        while a < b:
-            mid = (a + b) // 2
-            if less(mid):
-                a = mid + 1
-            else:
-                b = mid
-        start = a
+        def bound(lo, or_equal):
+            hi = len(sa)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if before(mid, or_equal):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
 
-        def leq(i):
-            s = sa[i]
-            seg = text[s : s + m]
-            for x, y in zip(seg.tolist(), pat.tolist()):
-                if x != y:
-                    return x < y
-            return True
-
-        a, b = start, hi
-        while a < b:
-            mid = (a + b) // 2
-            if leq(mid):
-                a = mid + 1
-            else:
-                b = mid
-        return start, a
+        start = bound(0, False)
+        return start, bound(start, True)
 
     def next_tokens(self, ids):
         if not ids:
@@ -290,6 +276,8 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
     # ---- numpy suffix array baseline
     if tokens.size <= args.sa_max_tokens:
         sa = NumpySuffixArray(tokens, offsets)
+        for q in lookup[:50] + prefixes[1][:50]:  # the baseline answers the same questions
+            assert sa.count(q) == kb.count(q) and sa.next_tokens(q).tolist() == kb.next_tokens(q).tolist(), q
         base = {"build_s": sa.build_s, "bytes_per_token": sa.bytes / tokens.size}
         for L, ps in prefixes.items():
             base[f"next{L}"] = timeit(sa.next_tokens, ps if L else ps[:5], warmup=2)
