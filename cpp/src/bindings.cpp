@@ -79,7 +79,7 @@ PYBIND11_MODULE(_fmindex, m) {
             py::gil_scoped_release release;
             b.write(path, params);
           },
-          py::arg("path"), py::arg("sample_rate") = 16, py::arg("cache_min_children") = 512,
+          py::arg("path"), py::arg("sample_rate") = 8, py::arg("cache_min_children") = 512,
           py::arg("cache_max_depth") = 3, py::arg("cache_max_fraction") = 0.25,
           "Build the index and write the shard file (once).");
 

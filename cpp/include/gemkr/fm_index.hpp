@@ -63,7 +63,7 @@ struct Child {
 };
 
 struct BuildParams {
-  uint32_t sample_rate = 16;
+  uint32_t sample_rate = 8;
   uint32_t cache_min_children = 512;  // cache a prefix's continuations when it has at least this many
   uint32_t cache_max_depth = 3;       // ... and is at most this many tokens long
   double cache_max_fraction = 0.25;   // cached entries (4 bytes each) <= this fraction of the text length
@@ -508,6 +508,32 @@ class FileWriter {
   uint64_t pos_ = 0;
 };
 
+// Read-only mapping of a whole file (used for the spilled wavelet levels during a build).
+class MappedFile {
+ public:
+  MappedFile(const std::string& path, uint64_t expected) : size_(expected) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || uint64_t(st.st_size) != expected) {
+      ::close(fd);
+      throw std::runtime_error("spill file " + path + " has an unexpected size");
+    }
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("cannot mmap " + path + ": " + std::strerror(errno));
+    data_ = p;
+  }
+  ~MappedFile() { ::munmap(data_, size_); }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+  uint64_t size_;
+};
+
 }  // namespace fm_detail
 
 // Phase 1 of a build: the text (reversed documents with separators, as symbols), its alphabet and the
@@ -624,11 +650,17 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   for (uint64_t c = 0; c < sigma; ++c) C[c + 1] += C[c];
 
   // Wavelet matrix, most significant bit first.
-  const uint64_t blocks = rank_blocks_for(N);
-  std::vector<uint64_t> level_blocks(uint64_t(levels) * blocks * kBlockWords);
+  // Each finished level is spilled to a side file, so the levels never sit in memory next to the two
+  // partition buffers (peak ~ 8N bytes + one level); the final file maps them back in.
   std::vector<uint64_t> zeros(levels);
   std::vector<uint32_t> other(N);
+  const std::string spill_path = path + ".levels.tmp";
+  struct RemoveOnExit {
+    std::string p;
+    ~RemoveOnExit() { std::remove(p.c_str()); }
+  } spill_guard{spill_path};
   {
+    FileWriter spill(spill_path);
     uint32_t* nxt = other.data();
     for (uint32_t lev = 0; lev < levels; ++lev) {
       const uint32_t shift = levels - 1 - lev;
@@ -650,8 +682,9 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
           nxt[zi++] = cur[i];
       }
       std::swap(cur, nxt);
-      std::copy(bits.blocks().begin(), bits.blocks().end(), level_blocks.begin() + lev * blocks * kBlockWords);
+      spill.write(bits.blocks().data(), bits.blocks().size() * 8);
     }
+    spill.close();
   }
   std::vector<int64_t> D(sigma, 0);
   {
@@ -662,6 +695,9 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   cur = nullptr;
   std::vector<int32_t>().swap(SA);
   std::vector<uint32_t>().swap(other);
+
+  const uint64_t level_bytes = uint64_t(levels) * rank_blocks_for(N) * kBlockWords * 8;
+  MappedFile level_map(spill_path, level_bytes);
 
   // Write everything except the cache, then reopen to compute the cache with the real query code.
   Header h{};
@@ -706,7 +742,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
     b[kD] = {D.data(), D.size() * 8};
     b[kC] = {C.data(), C.size() * 8};
     b[kZeros] = {zeros.data(), zeros.size() * 8};
-    b[kLevels] = {level_blocks.data(), level_blocks.size() * 8};
+    b[kLevels] = {level_map.data(), level_bytes};
     b[kSampleBits] = {samples.blocks().data(), samples.blocks().size() * 8};
     b[kSampleDocs] = {sample_docs.data(), sample_docs.size() * 4};
     b[kCacheKeys] = {cache_keys.data(), cache_keys.size() * 8};
