@@ -1,0 +1,78 @@
+"""The textual backbone: any Hugging Face causal LM, frozen, adapted with LoRA through peft.
+
+Paper §Model Training: the LLM is frozen and adapted with low-rank adaptation. Defaults follow common
+LLaMA practice (r=8, alpha=16 on the query and value projections); all are configurable. Weights load in
+bf16 on GPU and fp32 on CPU (CPU bf16 matmuls are slow and imprecise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def resolve_llm_path(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """``"smollm2"`` -> the packaged converted folder; ``*.gguf`` -> its folder plus ``gguf_file``."""
+    if name_or_path.lower() in {"smollm2", "smollm2-135m-instruct"}:
+        from gemkr_llamaindex import assets
+
+        return str(assets.smollm2_path()), {}
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    return name_or_path, {}
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_llm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """``(model, tokenizer)`` for a hub name or local folder, frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, extra = resolve_llm_path(name_or_path)
+    dtype = dtype or default_dtype(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except OSError as exc:
+        raise OSError(
+            f"cannot load the LLM {name_or_path!r}: {exc}. Give a local folder with config, weights and "
+            "tokenizer (this library never downloads at run time unless the Hugging Face cache has it)."
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def add_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters; the base weights stay frozen, adapters stay fp32."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in present]
+    if missing:
+        raise ValueError(
+            f"LoRA target modules {missing} are not in {type(model).__name__}; "
+            f"set `lora_target_modules` to names such as {sorted(n for n in present if 'proj' in n)[:8]}"
+        )
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)

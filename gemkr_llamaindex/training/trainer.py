@@ -1,0 +1,247 @@
+"""Instruction tuning of GeMKR (paper §Model Training, Implementation Details).
+
+AdamW at lr 6e-5 with linear warm-up (then cosine decay), batches of 12 in the paper; gradient
+accumulation; bf16 autocast on GPU. Only the trainable parts (prefixes, object projection, gates,
+alignment, LoRA) are optimised and checkpointed. A checkpoint folder holds the model's
+``save_pretrained`` output plus ``trainer_state.pt`` (optimizer state, step, the run config), so a run
+resumes where it stopped with the same data order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemkr_llamaindex.model.gemkr import GeMKRConfig, GeMKRModel, VisualBatch
+from gemkr_llamaindex.training.data import InstructionExample, load_image
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``gemkr train --config FILE.yaml`` reads it from YAML (same keys)."""
+
+    train_file: str
+    kb_dir: str
+    output_dir: str
+    model: dict[str, Any] = field(default_factory=dict)  # GeMKRConfig fields
+    lr: float = 6e-5
+    vision_lr_scale: float = 1.0  # lr multiplier for the vision side + alignment (LoRA keeps ``lr``)
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    min_lr_ratio: float = 0.1
+    batch_size: int = 12
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clues_per_doc: int = 2
+    clue_length: int = 12
+    rho: float = 1.0
+    save_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    object_cache_dir: str | None = None  # default: <cache>/object_features
+    resume: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
+        missing = [k for k in ("train_file", "kb_dir", "output_dir") if k not in data]
+        if missing:
+            raise ValueError(f"training config lacks {missing}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"{path}: expected a mapping of training options")
+        base = path.parent
+        for key in ("train_file", "kb_dir", "output_dir"):  # relative paths are relative to the YAML file
+            if key in data and not Path(data[key]).is_absolute():
+                data[key] = str(base / data[key])
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * ((step + 1) / warmup_steps)
+    span = max(max_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def batches(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Endless shuffled batches of example indices; epoch e uses ``Random(seed + e)``.
+
+    ``start`` skips that many batches, so a resumed run sees the data a fresh run would have seen.
+    """
+    per_epoch = max(n_examples // batch_size, 1)
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        order = list(range(n_examples))
+        random.Random(seed + epoch).shuffle(order)
+        for b in range(offset, per_epoch):
+            chunk = order[b * batch_size : (b + 1) * batch_size]
+            yield chunk if chunk else order[:batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        if (p / STATE_FILE).is_file() and p.name.split("-")[-1].isdigit():
+            found.append((int(p.name.split("-")[-1]), p))
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    """Runs the optimisation loop over ``InstructionExample``s. See the module docstring."""
+
+    def __init__(self, model: GeMKRModel, examples: Sequence[InstructionExample], config: TrainConfig) -> None:
+        if not examples:
+            raise ValueError("no training examples")
+        self.model, self.examples, self.config = model, list(examples), config
+        self.output_dir = Path(config.output_dir)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        llm_params = [p for p in model.llm.parameters() if p.requires_grad]
+        llm_ids = {id(p) for p in llm_params}
+        groups = [{"params": llm_params, "lr_scale": 1.0},
+                  {"params": [p for p in self.params if id(p) not in llm_ids], "lr_scale": config.vision_lr_scale}]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.cache_dir = config.object_cache_dir
+        if self.cache_dir is None:
+            from gemkr_llamaindex import assets
+
+            self.cache_dir = str(assets.cache_dir() / "object_features")
+        self.losses: list[float] = []
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        ckpt = self.output_dir / f"checkpoint-{self.step}"
+        self.model.save_pretrained(ckpt)
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "train_config": dataclasses.asdict(self.config), "losses": self.losses}
+        tmp = ckpt / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(ckpt / STATE_FILE)
+        return ckpt
+
+    def load_checkpoint(self, ckpt: str | Path) -> None:
+        ckpt = Path(ckpt)
+        meta = GeMKRModel.read_checkpoint_config(ckpt)
+        self.model.load_trainable(ckpt / "trainable.safetensors", meta.get("base_fingerprints"))
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.losses = list(state.get("losses", []))
+
+    # -- loop ----------------------------------------------------------------------------------------------
+    def _visual(self, chunk: list[InstructionExample]) -> VisualBatch:
+        return self.model.visual_inputs([load_image(e.record.image) for e in chunk], cache_dir=self.cache_dir)
+
+    def train(self, max_steps: int | None = None, progress: bool = True) -> list[float]:
+        """Train until ``max_steps`` optimizer steps (default: the config's); returns per-step losses."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        max_steps = max_steps if max_steps is not None else cfg.max_steps
+        device = self.model.device
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+            "cpu", enabled=False)
+        order = batches(len(self.examples), cfg.batch_size, cfg.seed, start=self.step * cfg.grad_accum)
+        self.model.train()
+        bar = tqdm(total=max_steps, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
+        while self.step < max_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            total, n_seen = 0.0, 0
+            for _ in range(cfg.grad_accum):
+                chunk = [self.examples[i] for i in next(order)]
+                with autocast:
+                    out = self.model(
+                        [e.record.question for e in chunk], [list(e.clue_ids) for e in chunk],
+                        visual=self._visual(chunk), tags=[e.record.tags for e in chunk],
+                    )
+                # Accumulated gradients must average over micro-batches, not sum: divide each loss.
+                (out.loss / cfg.grad_accum).backward()
+                total += float(out.loss.detach()) / cfg.grad_accum
+                n_seen += len(chunk)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.losses.append(total)
+            dt = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{total:.4f}", ex_per_s=f"{n_seen / dt:.2f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            bar.update(1)
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.model.eval()
+        return self.losses
+
+
+def train(config: TrainConfig, verbose: bool = True) -> Path:
+    """Python API of ``gemkr train``: sample clues from the KB, train, save ``output_dir/final``."""
+    from gemkr_llamaindex.kb import KnowledgeBase
+    from gemkr_llamaindex.training.clues import ClueSampler
+    from gemkr_llamaindex.training.data import build_examples, read_training_jsonl
+
+    torch.manual_seed(config.seed)
+    records = read_training_jsonl(config.train_file)
+    kb = KnowledgeBase.open(config.kb_dir)
+    sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
+    examples = build_examples(records, sampler)
+    if verbose:
+        print(f"{len(records)} queries -> {len(examples)} (query, clue) examples; "
+              f"{sampler.stats.unique_share:.1%} of clues map to a single document; "
+              f"{len(sampler.stats.docs_missing)} positive ids not in the KB")
+    device = resolve_device(config.device)
+    model = GeMKRModel(GeMKRConfig.from_dict(config.model), device=device)
+    if kb.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+        raise ValueError(
+            f"the KB at {config.kb_dir} was tokenized with another vocabulary than the LLM {model.config.llm!r}; "
+            "clues are KB token ids, so rebuild the KB with the LLM's tokenizer"
+        )
+    if verbose:
+        print(model.parameter_summary())
+    trainer = Trainer(model, examples, config)
+    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    if ckpt is not None:
+        trainer.load_checkpoint(ckpt)
+        if verbose:
+            print(f"resumed from {ckpt} at step {trainer.step}")
+    trainer.train(progress=verbose)
+    return model.save_pretrained(Path(config.output_dir) / "final")
