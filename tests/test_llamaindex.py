@@ -146,3 +146,13 @@ def test_image_query_with_a_trained_style_gemkr_model(index, tmp_path):
     assert hits and all(h.node.node_id in set(index.kb.doc_ids([])) for h in hits)
     text_only = gen.generate(["What is shown?"])[0]
     assert all(index.kb.unique_doc(c.token_ids) == c.doc_id for c in text_only.clues)
+
+
+def test_undecodable_image_error_survives_ultralytics_import(index, tmp_path):
+    """ultralytics patches PIL.Image.open globally; a corrupt image must still give our clear error."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        index.as_retriever().retrieve(QueryBundle(query_str="what is this?", image_path=str(bad)))
