@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)
-	$(PY) -m gemkr_llamaindex.demo
+	$(PY) examples/demo.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/kb_bench.py

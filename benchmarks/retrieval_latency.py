@@ -72,11 +72,11 @@ def main() -> None:
     import torch
 
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.demo import demo_kb
+    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
     from gemkr_llamaindex.llamaindex import ClueGenerator
 
     torch.manual_seed(0)
-    kb = demo_kb()
+    kb = wiki_summaries_kb()
     questions = (QUESTIONS * 4)[: args.queries]
     rows = []
     gens = {}

@@ -17,8 +17,7 @@ SUBCOMMAND_MODULES = (
     "gemkr_llamaindex.tags.cli",
     "gemkr_llamaindex.training.cli",
     "gemkr_llamaindex.llamaindex.cli",
-    "eval_vqa.cli",
-)
+)  # evaluation has its own console script, eval-vqa (eval_vqa builds on this library, not the reverse)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``make demo``: retrieve and answer on what ships in packages, end to end.
+"""``make demo`` (``python examples/demo.py``): retrieve and answer on what ships in packages, end to end.
 
 1. The knowledge base over the 10,033 packaged Wikipedia summaries, tokenized with SmolLM2 (built once,
    then cached).
@@ -16,22 +16,10 @@ import argparse
 import time
 from pathlib import Path
 
-from gemkr_llamaindex.assets import cache_dir, wiki_summaries
-from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase
+from gemkr_llamaindex.assets import cache_dir
+from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
 
 DEMO_ITEMS = ("mini-003", "mini-001", "mini-012")
-
-
-def demo_kb() -> KnowledgeBase:
-    """The demo KB from the cache, built on first use (or rebuilt if the cached copy is unusable)."""
-    path = cache_dir() / "kb" / "wiki-summaries-smollm2"
-    if path.exists():
-        try:
-            return KnowledgeBase.open(path)
-        except IndexFormatError as exc:
-            print(f"cached KB unusable ({exc}); rebuilding")
-    print(f"building the KB over the packaged Wikipedia summaries into {path} (once)")
-    return KnowledgeBase.build(list(wiki_summaries()), "smollm2", path, overwrite=True)
 
 
 def hint_tagger():
@@ -54,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    kb = demo_kb()
+    kb = wiki_summaries_kb()
     print(f"{kb}  (ready in {time.perf_counter() - t0:.1f} s)\n")
 
     from llama_index.core.schema import QueryBundle
