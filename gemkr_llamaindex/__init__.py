@@ -27,7 +27,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
     from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "ClueGenerator",
+    "DecodingConfig",
+    "GeMKRIndex",
+    "GeMKRRetriever",
+    "KBError",
+    "KnowledgeBase",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -10,13 +10,13 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-import importlib.util
 from pathlib import Path
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
