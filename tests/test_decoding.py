@@ -113,6 +113,7 @@ def test_clue_properties(kb, model):
         scores = [c.score for c in r.clues]
         assert scores == sorted(scores, reverse=True)
         assert len({d.doc_id for d in r.docs}) == len(r.docs)  # deduplicated
+        assert len({tuple(c.token_ids) for c in r.clues}) == len(r.clues)
         assert [d.score for d in r.docs] == sorted((d.score for d in r.docs), reverse=True)
         for c in r.clues:
             assert cfg.min_length <= len(c.token_ids) <= cfg.max_length

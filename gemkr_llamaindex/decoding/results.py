@@ -32,7 +32,7 @@ class DocumentHit:
 
 @dataclass
 class QueryResult:
-    """Clues sorted by score (best first) and the deduplicated documents they map to, best first."""
+    """Distinct clues sorted by score (best first) and the deduplicated documents they map to, best first."""
 
     clues: list[Clue]
     docs: list[DocumentHit]
@@ -40,6 +40,9 @@ class QueryResult:
     @classmethod
     def from_clues(cls, clues: list[Clue], doc_score: str = "max") -> QueryResult:
         clues = sorted(clues, key=lambda c: (-c.score, c.token_ids))
+        # Different groups can finish the same clue: keep each token sequence once (its best score).
+        seen: set[tuple[int, ...]] = set()
+        clues = [c for c in clues if not (tuple(c.token_ids) in seen or seen.add(tuple(c.token_ids)))]
         by_doc: dict[int, DocumentHit] = {}
         for c in clues:
             hit = by_doc.setdefault(c.doc_index, DocumentHit(c.doc_index, c.doc_id, c.score))
