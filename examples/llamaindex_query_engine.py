@@ -32,7 +32,7 @@ def main() -> None:
     keep = summaries[: args.docs] + [s for s in summaries[args.docs:] if s[0] in {"Caffeine", "Coffee"}]
     docs = [Document(text=text, id_=title) for title, text in keep]
     work = Path(tempfile.mkdtemp(prefix="gemkr-example-"))
-    index = GeMKRIndex.from_documents(docs, transformations=[], tokenizer="smollm2", kb_dir=work / "kb")
+    index = GeMKRIndex.from_documents(docs, tokenizer="smollm2", kb_dir=work / "kb")
     config = DecodingConfig(num_beams=20, num_groups=4, min_length=10, max_length=15)
     gen = (ClueGenerator.from_checkpoint(args.checkpoint, index.kb, config=config) if args.checkpoint
            else ClueGenerator.zero_shot_from(index.kb, "smollm2", config=config))

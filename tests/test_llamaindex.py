@@ -37,7 +37,8 @@ def documents(wiki_docs):
 def index(documents, tiny_llm, tmp_path_factory):
     llm, tok = tiny_llm
     kb_dir = tmp_path_factory.mktemp("idx") / "kb"
-    index = GeMKRIndex.from_documents(documents, transformations=[], tokenizer=tok, kb_dir=kb_dir)
+    index = GeMKRIndex.from_documents(documents, tokenizer=tok, kb_dir=kb_dir)
+    assert index.kb.doc_ids([])[:3] == [d.id_ for d in documents[:3]]  # documents are the passages
     gen = ClueGenerator(index.kb, llm=llm, tokenizer=tok, config=CFG)
     index._generator = gen
     return index

@@ -21,7 +21,8 @@ from llama_index.core.data_structs.data_structs import IndexStruct
 from llama_index.core.data_structs.registry import INDEX_STRUCT_TYPE_TO_INDEX_STRUCT_CLASS
 from llama_index.core.indices.base import BaseIndex
 from llama_index.core.indices.registry import INDEX_STRUCT_TYPE_TO_INDEX_CLASS
-from llama_index.core.schema import BaseNode
+from llama_index.core.ingestion import run_transformations
+from llama_index.core.schema import BaseNode, Document, TransformComponent
 from llama_index.core.storage.docstore.types import RefDocInfo
 from llama_index.core.storage.storage_context import StorageContext
 
@@ -71,6 +72,29 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         super().__init__(nodes=nodes, index_struct=index_struct, storage_context=storage_context, **kwargs)
         if self._kb is None:
             self._kb = self._open_kb(self.index_struct, base=None)
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Sequence[Document],
+        storage_context: StorageContext | None = None,
+        show_progress: bool = False,
+        callback_manager: Any = None,
+        transformations: list[TransformComponent] | None = None,
+        **kwargs: Any,
+    ) -> GeMKRIndex:
+        """Index documents as passages: each document is one KB document (``node_id`` = ``doc.id_``).
+
+        Unlike other indices this does not fall back to ``Settings.transformations`` (which would split
+        documents into chunks with new ids); pass ``transformations=[...]`` to chunk explicitly.
+        """
+        storage_context = storage_context or StorageContext.from_defaults()
+        for doc in documents:
+            storage_context.docstore.set_document_hash(doc.id_, doc.hash)
+        nodes = run_transformations(documents, transformations, show_progress=show_progress) if transformations \
+            else list(documents)
+        return cls(nodes=nodes, storage_context=storage_context, callback_manager=callback_manager,
+                   show_progress=show_progress, **kwargs)
 
     # ------------------------------------------------------------------ BaseIndex hooks
     def _build_index_from_nodes(self, nodes: Sequence[BaseNode], **build_kwargs: Any) -> GeMKRIndexStruct:
