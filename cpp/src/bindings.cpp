@@ -137,6 +137,35 @@ PYBIND11_MODULE(_fmindex, m) {
              s.search(ids.data(), int64_t(ids.size()), p);
              return out;
            })
+      // One-call versions of the static queries for a single prefix (search + answer, no state round trip).
+      .def("count_of",
+           [](const ShardSet& s, I64Array ids) {
+             std::vector<int64_t> st(2 * s.n_shards());
+             int64_t out = 0;
+             py::gil_scoped_release release;
+             s.search(ids.data(), int64_t(ids.size()), st.data());
+             s.counts(st.data(), 1, &out);
+             return out;
+           })
+      .def("unique_doc_of",
+           [](const ShardSet& s, I64Array ids) {
+             std::vector<int64_t> st(2 * s.n_shards());
+             int64_t out = -1;
+             py::gil_scoped_release release;
+             s.search(ids.data(), int64_t(ids.size()), st.data());
+             s.unique_docs(st.data(), 1, &out);
+             return out;
+           })
+      .def("docs_of",
+           [](const ShardSet& s, I64Array ids) {
+             std::vector<int64_t> st(2 * s.n_shards()), out;
+             {
+               py::gil_scoped_release release;
+               s.search(ids.data(), int64_t(ids.size()), st.data());
+               out = s.docs(st.data());
+             }
+             return to_numpy(std::move(out));
+           })
       .def("extend",
            [](const ShardSet& s, I64Array states, I64Array tokens) {
              const int64_t B = check_states(s, states);

@@ -346,26 +346,26 @@ class KnowledgeBase:
         """Number of occurrences of ``ids`` (for the empty prefix: the number of token positions)."""
         if len(ids) == 0:
             return self.num_tokens
-        return int(self._index.counts(self.state(ids))[0])
+        return int(self._index.count_of(self._ids_array(ids)))
 
     def doc_indices(self, ids: Sequence[int]) -> np.ndarray:
         """KB positions of the distinct documents containing ``ids``, increasing."""
         if len(ids) == 0:
             return np.arange(self.num_docs, dtype=np.int64)
-        return self._index.docs(self.state(ids))
+        return self._index.docs_of(self._ids_array(ids))
 
     def doc_ids(self, ids: Sequence[int], limit: int | None = None) -> list[str]:
         """LookupDoc: ids of the distinct documents containing ``ids``, in KB order (first ``limit``)."""
         idx = self.doc_indices(ids)
         if limit is not None:
             idx = idx[:limit]
-        return [self._ids[int(i)] for i in idx]
+        return [self._ids[i] for i in idx.tolist()]
 
     def unique_doc_index(self, ids: Sequence[int]) -> int:
         """KB position of the one document holding every occurrence of ``ids``, or -1."""
         if len(ids) == 0:
             return 0 if self.num_docs == 1 else -1
-        return int(self._index.unique_docs(self.state(ids))[0])
+        return int(self._index.unique_doc_of(self._ids_array(ids)))
 
     def unique_doc(self, ids: Sequence[int]) -> str | None:
         """ValidDistinct: the document id if every occurrence lies in one document, else None."""
