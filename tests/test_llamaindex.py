@@ -119,7 +119,7 @@ def test_bad_input(index, generator, tmp_path, large_vocab_tokenizer, tiny_llm):
         retriever.retrieve(QueryBundle(query_str="what is this?", image_path=str(tmp_path / "missing.jpg")))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="cannot be decoded"):
+    with pytest.raises(ValueError, match="not a decodable image"):
         retriever.retrieve(QueryBundle(query_str="what is this?", image_path=str(bad)))
     with pytest.raises(ValueError, match="needs a question or an image"):
         retriever.retrieve(QueryBundle(query_str="  "))
@@ -155,5 +155,5 @@ def test_undecodable_image_error_survives_ultralytics_import(index, tmp_path):
 
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG but not really")
-    with pytest.raises(ValueError, match="cannot be decoded"):
+    with pytest.raises(ValueError, match="not a decodable image"):
         index.as_retriever().retrieve(QueryBundle(query_str="what is this?", image_path=str(bad)))

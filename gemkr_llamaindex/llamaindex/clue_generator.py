@@ -37,19 +37,10 @@ class ClueQuery:
 
 
 def load_image(image: Any):
-    """A PIL RGB image from a path or PIL image, with a clear error for a missing or undecodable file."""
-    from PIL import Image, UnidentifiedImageError
+    """A PIL RGB image from a path, bytes or PIL image; clear errors for a missing or undecodable file."""
+    from gemkr_llamaindex.tags.images import load_image as decode
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"query image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"query image {path} cannot be decoded as an image ({exc})") from None
+    return decode(image).image
 
 
 def check_query(q: ClueQuery) -> None:
