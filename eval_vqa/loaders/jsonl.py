@@ -61,15 +61,13 @@ def load_jsonl_queries(path: str | Path) -> list[VQAQuery]:
 
 
 def iter_jsonl_corpus(path: Path) -> Iterator[tuple[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                yield str(rec["id"]), rec["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DatasetFormatError(f"{path}:{lineno}: expected {{'id', 'text'}} ({exc!r})") from exc
+    """``(id, text)`` per line, read by the KB's own JSONL corpus reader (line-numbered errors)."""
+    from gemkr_llamaindex.kb import CorpusError, read_jsonl_corpus
+
+    try:
+        yield from read_jsonl_corpus(path)
+    except CorpusError as exc:
+        raise DatasetFormatError(str(exc)) from exc
 
 
 def load_jsonl(data_dir: str | Path, queries: str = "queries.jsonl", corpus: str = "corpus.jsonl") -> VQADataset:

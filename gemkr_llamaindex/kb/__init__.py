@@ -1,6 +1,6 @@
 """FM-index knowledge base over LLM-tokenized documents (GetNext, ValidDistinct, LookupDoc)."""
 
-from gemkr_llamaindex.kb.corpus import iter_documents, read_corpus_file
+from gemkr_llamaindex.kb.corpus import iter_documents, read_corpus_file, read_jsonl_corpus
 from gemkr_llamaindex.kb.errors import (
     ChecksumError,
     CorpusError,
@@ -17,6 +17,7 @@ __all__ = [
     "Normalization",
     "iter_documents",
     "read_corpus_file",
+    "read_jsonl_corpus",
     "KBError",
     "CorpusError",
     "IndexFormatError",

@@ -100,6 +100,14 @@ def _read_delimited(path: Path, delimiter: str, id_field: str | None, text_field
         yield row[id_col], text
 
 
+def read_jsonl_corpus(path: str | Path, *, id_field: str = "id", text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` per line of a JSONL file of any name (errors name the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist")
+    return _read_jsonl(path, id_field, text_field, None, False)
+
+
 def read_corpus_file(path: str | Path, *, id_field: str | None = None, text_field: str | None = None,
                      title_field: str | None = None, include_title: bool = True) -> Iterator[tuple[str, str]]:
     """``(doc_id, text)`` pairs from a JSONL, CSV or TSV corpus file (see the module docstring)."""
