@@ -7,6 +7,7 @@
 // shard has occurrences and they all lie in one document.
 #pragma once
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,9 +48,9 @@ class ShardSet {
   }
 
   void search(const int64_t* ids, int64_t n, int64_t* state) const {
+    const bool valid = std::all_of(ids, ids + n, [](int64_t t) { return t >= 0; });  // negative ids never occur
     for (size_t s = 0; s < shards_.size(); ++s) {
-      Range r = shards_[s]->root();
-      for (int64_t i = 0; i < n && !r.empty(); ++i) r = ids[i] < 0 ? Range{0, 0} : shards_[s]->extend(r, uint64_t(ids[i]));
+      const Range r = valid ? shards_[s]->search(reinterpret_cast<const uint64_t*>(ids), uint64_t(n)) : Range{0, 0};
       state[2 * s] = int64_t(r.lo);
       state[2 * s + 1] = int64_t(r.hi);
     }
