@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,33 +22,33 @@ def check_image_path(path: str | Path) -> Path:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """The image at ``path`` decoded to RGB, fully read so the file can be closed or deleted."""
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path`` decoded to RGB (by the package's one image decoder), fully read."""
+    from gemkr_llamaindex.tags.images import ImageLoadError
+    from gemkr_llamaindex.tags.images import load_image as decode
 
     resolved = check_image_path(path)
     try:
-        with Image.open(resolved) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return decode(resolved).image
+    except ImageLoadError as exc:
         raise ValueError(
-            f"cannot decode query image {str(resolved)!r} ({type(exc).__name__}: {exc}); "
+            f"cannot decode query image {str(resolved)!r} ({exc.reason}); "
             "it must be an image file Pillow can read (JPEG, PNG, WebP, ...)"
         ) from exc
 
 
 def image_from_block(block: Any) -> Image.Image:
     """Decode a LlamaIndex ``ImageBlock`` (path, raw bytes, or URL) to an RGB PIL image."""
-    from PIL import Image, UnidentifiedImageError
+    from gemkr_llamaindex.tags.images import ImageLoadError
+    from gemkr_llamaindex.tags.images import load_image as decode
 
     if block.path is not None and not block.image:
         return load_image(block.path)
     where = "inline image bytes" if block.image else f"image URL {block.url}"
     try:
-        buffer = block.resolve_image()
-        data = buffer.read()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"cannot decode the ImageBlock's {where} ({type(exc).__name__}: {exc})") from exc
+        data = block.resolve_image().read()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the ImageBlock's {where} ({type(exc).__name__}: {exc})") from exc
+    try:
+        return decode(data).image
+    except ImageLoadError as exc:
+        raise ValueError(f"cannot decode the ImageBlock's {where} ({exc.reason})") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -164,19 +163,22 @@ def open_image(path: str | Path, context: str = "") -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{prefix}image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise ImageLoadError(f"{prefix}cannot decode image {path}: {exc}") from exc
+    return _decode(path, f"{prefix}cannot decode image {path}")
 
 
 def decode_image_bytes(data: bytes, context: str) -> Image.Image:
+    return _decode(data, f"{context}: cannot decode image bytes")
+
+
+def _decode(src: Path | bytes, message: str) -> Image.Image:
+    """The package's one image decoder (``gemkr_llamaindex.tags.images``), with this module's error type."""
+    from gemkr_llamaindex.tags.images import ImageLoadError as DecodeError
+    from gemkr_llamaindex.tags.images import load_image
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise ImageLoadError(f"{context}: cannot decode image bytes: {exc}") from exc
+        return load_image(src).image
+    except DecodeError as exc:
+        raise ImageLoadError(f"{message}: {exc.reason}") from exc
 
 
 def iter_csv_corpus(
