@@ -4,6 +4,7 @@ from gemkr_llamaindex.decoding.beam_search import ConstrainedBeamSearch, LogProb
 from gemkr_llamaindex.decoding.config import DecodingConfig
 from gemkr_llamaindex.decoding.hf_backend import HFBackend, Prompts
 from gemkr_llamaindex.decoding.results import Clue, DocumentHit, QueryResult
+from gemkr_llamaindex.decoding.vllm_backend import TopLogprobsBackend, VLLMBackend, export_lora_adapter
 
 __all__ = [
     "ConstrainedBeamSearch",
@@ -14,4 +15,7 @@ __all__ = [
     "Clue",
     "DocumentHit",
     "QueryResult",
+    "TopLogprobsBackend",
+    "VLLMBackend",
+    "export_lora_adapter",
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts, QueryResult
+from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, LogProbBackend, Prompts, QueryResult
 
 ZERO_SHOT_SYSTEM = (
     "You are a knowledge retriever. Quote the beginning of an encyclopedia sentence that answers the "
@@ -61,6 +61,7 @@ class ClueGenerator:
         config: DecodingConfig | None = None,
         batch_size: int = 4,
         system_prompt: str = ZERO_SHOT_SYSTEM,
+        backend: LogProbBackend | None = None,
     ) -> None:
         if (model is None) == (llm is None):
             raise ValueError("give exactly one of model= (a trained GeMKRModel) or llm= (a zero-shot causal LM)")
@@ -74,6 +75,7 @@ class ClueGenerator:
         self.search = ConstrainedBeamSearch(kb, config or DecodingConfig())
         self.batch_size = batch_size
         self.system_prompt = system_prompt
+        self.backend = backend  # None: a KV-cached HFBackend over ``llm`` (e.g. VLLMBackend.from_gemkr on a GPU)
 
     @property
     def config(self) -> DecodingConfig:
@@ -150,7 +152,7 @@ class ClueGenerator:
             if q.image is not None:
                 load_image(q.image)  # fail early (missing/undecodable), before any batch runs
         out: list[QueryResult] = []
-        backend = HFBackend(self.llm)
+        backend = self.backend if self.backend is not None else HFBackend(self.llm)
         for i in range(0, len(qs), self.batch_size):
             chunk = qs[i : i + self.batch_size]
             prompts = self._text_prompts(chunk) if self.zero_shot else self._gemkr_prompts(chunk)
