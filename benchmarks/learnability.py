@@ -29,6 +29,8 @@ classes; on the frozen CLIP features of crops of the shapes: 99%), because the s
 colour varies per image. The object-aware path is what carries the image here; with a pretrained CLIP the
 [CLS] would carry it too.
 
+The minute-long version is tests/test_learnability.py (3 colours, 60 steps: held-out R@1 1.0 vs 0.33 blanked).
+
     PYTHONPATH=. python benchmarks/learnability.py                      # the figures above
     PYTHONPATH=. python benchmarks/learnability.py --detector-epochs 0  # ablation: no objects
     PYTHONPATH=. python benchmarks/learnability.py --device cuda --vit-width 768 --vit-layers 12  # GPU
