@@ -25,9 +25,9 @@ lr 2e-3, vision lr x30; 24 documents, 48 held-out queries, chance R@1 = 0.042; 5
 So the image lifts R@1 from chance to 13x (likelihood) and 17x (decoding) above it. Ablation,
 ``--detector-epochs 0`` (the [CLS] path alone, no objects), same 300 steps: R@1 0.042 / R@5 0.188, i.e. no
 lift. The frozen random ViT's [CLS] barely separates the classes (a linear probe on it: 54% of the 24
-classes; on the frozen CLIP features of crops of the shapes: 99%), because the shape is small on a pale background whose
-colour varies per image. The object-aware path is what carries the image here; with a pretrained CLIP the
-[CLS] would carry it too.
+classes; on the frozen CLIP features of crops of the shapes: 99%), because the shape is small on a pale
+background whose colour varies per image. The object-aware path is what carries the image here; with a
+pretrained CLIP the [CLS] would carry it too.
 
 The minute-long version is tests/test_learnability.py (3 colours, 60 steps: held-out R@1 1.0 vs 0.33 blanked).
 
