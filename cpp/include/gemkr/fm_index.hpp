@@ -319,6 +319,11 @@ class FMIndex {
     const uint32_t d = doc_of_row(r.lo);
     if (r.size() == 1) return d;
     if (doc_of_row(r.hi - 1) != d) return -1;
+    return interior_in_doc(r, d) ? int64_t(d) : -1;
+  }
+
+  // Whether every row strictly between r's first and last lies in document d (the ends already do).
+  bool interior_in_doc(Range r, uint32_t d) const {
     thread_local std::vector<uint32_t> buf;
     constexpr uint64_t kChunk = 64;  // check in chunks: most non-unique ranges fail in the first one
     for (uint64_t a = r.lo + 1; a + 1 < r.hi; a += kChunk) {
@@ -326,9 +331,9 @@ class FMIndex {
       buf.resize(b - a);
       docs_of_rows(a, b, buf.data());
       for (uint32_t x : buf)
-        if (x != d) return -1;
+        if (x != d) return false;
     }
-    return d;
+    return true;
   }
 
   // Sorted distinct local doc numbers of all occurrences.

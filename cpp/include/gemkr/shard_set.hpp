@@ -143,8 +143,7 @@ class ShardSet {
         if (docs[2 * k] != docs[2 * k + 1]) continue;
         const int64_t b = cand[s][k];
         const Range r = range_of(states + (b * S + s) * 2);
-        const int64_t d = r.size() <= 2 ? int64_t(docs[2 * k]) : fm.unique_doc(r);
-        if (d >= 0) out[b] = int64_t(doc_base_[s]) + d;
+        if (fm.interior_in_doc(r, docs[2 * k])) out[b] = int64_t(doc_base_[s]) + docs[2 * k];  // ends located above
       }
     }
   }
