@@ -129,7 +129,7 @@ def train_shape_detector(images: int, epochs: int, seed: int = 0) -> Path:
     import easy_vqa
 
     from gemkr_llamaindex import assets
-    from gemkr_llamaindex.model.detector import _prepare_ultralytics_env
+    from gemkr_llamaindex.model.detector import _prepare_ultralytics_env, preserve_torch_threads
 
     root = assets.cache_dir() / "learnability" / f"yolo-shapes-{images}-{epochs}-{seed}"
     weights = root / "runs" / "train" / "weights" / "best.pt"
@@ -149,11 +149,12 @@ def train_shape_detector(images: int, epochs: int, seed: int = 0) -> Path:
     _prepare_ultralytics_env()
     from ultralytics import YOLO
 
-    YOLO("yolov8n.yaml").train(
-        data=str(root / "data.yaml"), epochs=epochs, imgsz=64, batch=32, device="cpu", workers=0, seed=seed,
-        project=str(root / "runs"), name="train", exist_ok=True, plots=False, amp=False, pretrained=False,
-        mosaic=0.0, verbose=False,
-    )
+    with preserve_torch_threads():
+        YOLO("yolov8n.yaml").train(
+            data=str(root / "data.yaml"), epochs=epochs, imgsz=64, batch=32, device="cpu", workers=0, seed=seed,
+            project=str(root / "runs"), name="train", exist_ok=True, plots=False, amp=False, pretrained=False,
+            mosaic=0.0, verbose=False,
+        )
     if not weights.is_file():
         raise RuntimeError(f"YOLO training finished without writing {weights}")
     return weights

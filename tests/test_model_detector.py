@@ -79,3 +79,17 @@ def test_cache_returns_identical_features(tower_and_preprocess, image, tmp_path)
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no download"):
         ObjectDetector(tmp_path / "missing.pt")
+
+
+def test_detection_leaves_torch_thread_count_alone(image):
+    """ultralytics sets torch's global thread count to min(8, cpus - 1) when it picks the CPU; the
+    detector must undo that, or every later forward/backward in the process runs on fewer threads."""
+    before = torch.get_num_threads()
+    unusual = min(8, max(1, (os.cpu_count() or 2) - 1)) + 1  # never what ultralytics would set
+    torch.set_num_threads(unusual)
+    try:
+        detector = ObjectDetector("yolov8n.yaml", conf=0.25)
+        detector.detect(image)
+        assert torch.get_num_threads() == unusual
+    finally:
+        torch.set_num_threads(before)

@@ -10,10 +10,11 @@ ultralytics is imported lazily and only after pointing it away from the network 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,19 @@ def _prepare_ultralytics_env() -> None:
     config_dir = assets.cache_dir() / "ultralytics"
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+
+
+@contextlib.contextmanager
+def preserve_torch_threads() -> Iterator[None]:
+    """Undo ultralytics' global ``torch.set_num_threads(min(8, cpus - 1))`` on CPU (its device selection
+    does it on every predict/train): left alone it halves the speed of everything else in the process on a
+    2-core machine (LLM training included) and caps a large machine at 8 threads."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -67,13 +81,15 @@ class ObjectDetector:
         self.conf = conf
         self.max_objects = max_objects
         self.device = device
-        self.model = YOLO(weights)
+        with preserve_torch_threads():
+            self.model = YOLO(weights)
 
     def detect(self, image: Any) -> list[Box]:
         """Boxes of one RGB PIL image, most confident first, at most ``max_objects``."""
-        result = self.model.predict(
-            image, conf=self.conf, max_det=max(self.max_objects, 1) * 4, verbose=False, device=self.device
-        )[0]
+        with preserve_torch_threads():
+            result = self.model.predict(
+                image, conf=self.conf, max_det=max(self.max_objects, 1) * 4, verbose=False, device=self.device
+            )[0]
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
             return []
