@@ -15,8 +15,8 @@ clues per document (max over the document's clues), and by running the retriever
 constrained decoding, 20 beams in 4 groups, clues of 4-12 tokens).
 
 Measured (2-core shared CPU, SmolLM2-135M + LoRA r=8, random ViT 128x4 patch 8, 300 steps of batch 8,
-lr 2e-3, vision lr x30; 24 documents, 48 held-out queries, chance R@1 = 0.042; 509 s of training,
-660 s in all with the detector cached; ``PYTHONPATH=. python benchmarks/learnability.py --threads 2``):
+lr 2e-3, vision lr x30; 24 documents, 48 held-out queries, chance R@1 = 0.042; 281 s of training,
+369 s in all with the detector cached; ``PYTHONPATH=. python benchmarks/learnability.py --threads 2``):
 
     | ranking                         | with image R@1 / R@5 | image blanked R@1 / R@5 |
     | clue likelihood                 | 0.542 / 0.958        | 0.042 / 0.208           |
