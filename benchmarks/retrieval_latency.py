@@ -15,9 +15,9 @@ detector runs with a near-zero confidence threshold so every image yields the fu
 Random weights make the clues meaningless; only the timings are the point.
 
 Measured on the 2-core CPU (``--queries 8 --batch 4 --gemkr``; ms per query, batch 1 / batch 4):
-zero-shot SmolLM2, topk: 905 / 536 (LLM 868 / 508, KB 6.9 / 4.3, KB share 0.8%; mask: 913 / 582, identical
-clues). GeMKR path, ViT-B-16 + yolov8n with 5 objects: 3,491 / 2,715 = detector + 5 crops 1,374 / 1,336,
-vision 344 / 306, LLM 1,720 / 1,033, KB 9.2 / 5.6 (0.5% of decoding), bookkeeping 44 / 35.
+zero-shot SmolLM2, topk: 905 / 507 (LLM 867 / 479, KB 7.4 / 4.4, KB share 0.8-0.9%; mask: 887 / 509,
+identical clues). GeMKR path, ViT-B-16 + yolov8n with 5 objects: 1,915 / 1,450 = detector + 5 crops
+708 / 692, vision 189 / 158, LLM 977 / 571, KB 8.5 / 5.3 (0.8-0.9% of decoding), bookkeeping 32 / 24.
 
 Usage: python benchmarks/retrieval_latency.py [--queries 8] [--batch 4] [--device cpu] [--gemkr]
 """
