@@ -129,7 +129,7 @@ def train_shape_detector(images: int, epochs: int, seed: int = 0) -> Path:
     import easy_vqa
 
     from gemkr_llamaindex import assets
-    from gemkr_llamaindex.model.detector import _prepare_ultralytics_env, preserve_torch_threads
+    from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
 
     root = assets.cache_dir() / "learnability" / f"yolo-shapes-{images}-{epochs}-{seed}"
     weights = root / "runs" / "train" / "weights" / "best.pt"
@@ -146,7 +146,7 @@ def train_shape_detector(images: int, epochs: int, seed: int = 0) -> Path:
             box = shape_box(paths[i])
             (root / "labels" / split / f"{i}.txt").write_text("" if box is None else "0 " + " ".join(f"{v:.6f}" for v in box) + "\n")
     (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: shape\n")
-    _prepare_ultralytics_env()
+    offline_ultralytics_env()
     from ultralytics import YOLO
 
     with preserve_torch_threads():

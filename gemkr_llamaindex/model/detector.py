@@ -4,17 +4,16 @@ Paper, §Object-aware Prefix Tuning and Implementation Details: objects are crop
 resolution and encoded with the frozen CLIP; the top 5 most confident boxes are kept. An image with no
 detection simply has zero objects (its prefix is then the learnable part alone).
 
-ultralytics is imported lazily and only after pointing it away from the network and from ``~/.config``:
-``YOLO_OFFLINE=1``, ``YOLO_AUTOINSTALL=0`` and ``YOLO_CONFIG_DIR`` under the package cache directory.
+ultralytics is imported lazily, offline and configured under the package cache, and every call into it
+keeps torch's thread count (see ``gemkr_llamaindex.ultralytics_env``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gemkr_llamaindex import assets
+from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
 
 MAX_OBJECTS = 5
-
-
-def _prepare_ultralytics_env() -> None:
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    config_dir = assets.cache_dir() / "ultralytics"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
-
-
-@contextlib.contextmanager
-def preserve_torch_threads() -> Iterator[None]:
-    """Undo ultralytics' global ``torch.set_num_threads(min(8, cpus - 1))`` on CPU (its device selection
-    does it on every predict/train): left alone it halves the speed of everything else in the process on a
-    2-core machine (LLM training included) and caps a large machine at 8 threads."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -74,7 +51,7 @@ class ObjectDetector:
                 f"YOLO weights {weights} not found; give a local .pt path (no download happens) "
                 "or an architecture yaml such as 'yolov8n.yaml' for a random-init detector"
             )
-        _prepare_ultralytics_env()
+        offline_ultralytics_env()
         from ultralytics import YOLO
 
         self.weights = weights

@@ -10,7 +10,6 @@ to a folder under our cache, before ultralytics is first imported.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,14 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def import_ultralytics_offline() -> Any:
     """Import ``ultralytics`` with its network features (online checks, auto-install) switched off."""
-    from gemkr_llamaindex.tags.cache import default_cache_root
+    from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env
 
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
-    if "YOLO_CONFIG_DIR" not in os.environ:
-        config_dir = default_cache_root().parent / "ultralytics"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    offline_ultralytics_env()
     return require("ultralytics", "yolo")
 
 
@@ -134,8 +128,11 @@ class YOLOTagger(VisualTagger):
     def model(self) -> Any:
         """The ``ultralytics.YOLO`` model, built on first use."""
         if self._model is None:
+            from gemkr_llamaindex.ultralytics_env import preserve_torch_threads
+
             ultralytics = import_ultralytics_offline()
-            self._model = ultralytics.YOLO(str(self.weights))
+            with preserve_torch_threads():
+                self._model = ultralytics.YOLO(str(self.weights))
         return self._model
 
     @property
@@ -146,11 +143,14 @@ class YOLOTagger(VisualTagger):
         return real_class_names(getattr(self.model, "names", None))
 
     def _tag_images(self, images: Sequence[Image.Image]) -> list[list[Tag]]:
+        from gemkr_llamaindex.ultralytics_env import preserve_torch_threads
+
         import_ultralytics_offline()
         names = self.class_names
-        results = self.model.predict(
-            list(images), conf=self.conf, iou=self.iou, imgsz=self.imgsz, device=self.device, verbose=False
-        )
+        with preserve_torch_threads():
+            results = self.model.predict(
+                list(images), conf=self.conf, iou=self.iou, imgsz=self.imgsz, device=self.device, verbose=False
+            )
         tags = []
         for result in results:
             boxes = result.boxes
