@@ -58,3 +58,39 @@ def wiki_kb(tmp_path_factory, wiki_docs, smollm2_tokenizer):
 
     return KnowledgeBase.build(wiki_docs, smollm2_tokenizer, tmp_path_factory.mktemp("kb") / "wiki",
                                show_progress=False)
+
+
+DECODING_VOCAB = 200
+
+
+@pytest.fixture(scope="session")
+def decoding_kb(tmp_path_factory):
+    """40 random documents over a 200-word vocabulary: a few frequent tokens make shared prefixes, the rest
+    make most 3-grams unique (what constrained decoding needs to branch and to stop)."""
+    import numpy as np
+
+    from gemkr_llamaindex.kb import KnowledgeBase
+
+    rng = np.random.default_rng(0)
+    docs = []
+    for i in range(40):
+        toks = [int(t) if rng.random() < 0.7 else int(rng.integers(3, 8)) for t in rng.integers(3, DECODING_VOCAB, 14)]
+        docs.append((f"doc{i}", as_text(toks)))
+    return KnowledgeBase.build(docs, word_tokenizer(DECODING_VOCAB), tmp_path_factory.mktemp("dec") / "kb",
+                               show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def decoding_lm():
+    """A 2-layer random LLaMA over the same vocabulary, its output sharpened so beams differ meaningfully."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=DECODING_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(8)
+    return m

@@ -4,41 +4,23 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from conftest import as_text, word_tokenizer
+from conftest import DECODING_VOCAB
 
 from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts
-from gemkr_llamaindex.kb import KnowledgeBase
 
-VOCAB = 200
-
-
-@pytest.fixture(scope="module")
-def kb(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    docs = []
-    for i in range(40):
-        # a few frequent tokens make shared prefixes; the rest make most 3-grams unique
-        toks = [int(t) if rng.random() < 0.7 else int(rng.integers(3, 8)) for t in rng.integers(3, VOCAB, 14)]
-        docs.append((f"doc{i}", as_text(toks)))
-    return KnowledgeBase.build(docs, word_tokenizer(VOCAB), tmp_path_factory.mktemp("dec") / "kb", show_progress=False)
+VOCAB = DECODING_VOCAB
 
 
 @pytest.fixture(scope="module")
-def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
+def kb(decoding_kb):
+    return decoding_kb
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    m = LlamaForCausalLM(cfg).eval()
-    # sharpen the random distribution a little so beams differ meaningfully
-    with torch.no_grad():
-        m.lm_head.weight.mul_(8)
-    return m
+
+@pytest.fixture(scope="module")
+def model(decoding_lm):
+    return decoding_lm
 
 
 def prompts_of(rows: list[list[int]]) -> Prompts:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import as_text, word_tokenizer
+from conftest import DECODING_VOCAB, as_text
 
 from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts
 from gemkr_llamaindex.decoding.kb_logits import (
@@ -30,9 +30,8 @@ from gemkr_llamaindex.decoding.vllm_backend import (
     export_lora_adapter,
     unpad_prompts,
 )
-from gemkr_llamaindex.kb import KnowledgeBase
 
-VOCAB = 200
+VOCAB = DECODING_VOCAB
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
@@ -144,27 +143,13 @@ def test_logprobs_needed():
 
 # ------------------------------------------------------------------------- search equivalence on a tiny LM
 @pytest.fixture(scope="module")
-def kb(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    docs = []
-    for i in range(40):
-        toks = [int(t) if rng.random() < 0.7 else int(rng.integers(3, 8)) for t in rng.integers(3, VOCAB, 14)]
-        docs.append((f"doc{i}", as_text(toks)))
-    return KnowledgeBase.build(docs, word_tokenizer(VOCAB), tmp_path_factory.mktemp("vllm") / "kb", show_progress=False)
+def kb(decoding_kb):
+    return decoding_kb
 
 
 @pytest.fixture(scope="module")
-def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(8)
-    return m
+def model(decoding_lm):
+    return decoding_lm
 
 
 class EmulatedVLLM(TopLogprobsBackend):
