@@ -218,26 +218,32 @@ def _query_image(path: str, blank: bool):
     return Image.new("RGB", image.size, (128, 128, 128)) if blank else image
 
 
+def recall(rankings: list[list[str]], tests) -> dict[str, float]:
+    """R@1 / R@5 of each query's gold document (eval_vqa's gold recall), averaged over the queries."""
+    from eval_vqa.metrics import recall_at_k
+
+    n = len(tests)
+    return {f"R@{k}": sum(recall_at_k(r, [gold], k) for r, (_, gold) in zip(rankings, tests)) / n for k in (1, 5)} | {
+        "queries": n}
+
+
 def evaluate(model, eval_clues, tests, blank: bool) -> dict[str, float]:
     """R@1/R@5 of the gold document ranked by the likelihood of each document's fixed evaluation clues."""
     import torch
 
     doc_ids = list(eval_clues)
     flat = [(d, c) for d in doc_ids for c in eval_clues[d]]
-    hits1 = hits5 = 0
+    rankings = []
     model.eval()
-    for path, gold in tests:
+    for path, _ in tests:
         with torch.no_grad():
             prompt = model.prompt_embeds([QUESTION], images=[_query_image(path, blank)])
             ll = model.clue_log_likelihood(prompt, [c for _, c in flat], batch_size=64)
         best: dict[str, float] = {}
         for (d, _), s in zip(flat, ll.tolist()):
             best[d] = max(best.get(d, float("-inf")), s)
-        ranking = sorted(doc_ids, key=lambda d: -best[d])
-        hits1 += ranking[0] == gold
-        hits5 += gold in ranking[:5]
-    n = len(tests)
-    return {"R@1": hits1 / n, "R@5": hits5 / n, "queries": n}
+        rankings.append(sorted(doc_ids, key=lambda d: -best[d]))
+    return recall(rankings, tests)
 
 
 def evaluate_decoding(model, kb, tests, blank: bool, args) -> dict[str, float]:
@@ -249,11 +255,8 @@ def evaluate_decoding(model, kb, tests, blank: bool, args) -> dict[str, float]:
                             max_length=args.max_length)
     gen = ClueGenerator(kb, model=model, config=config, batch_size=8)
     results = gen.generate([ClueQuery(QUESTION, _query_image(path, blank)) for path, _ in tests])
-    hits1 = sum(bool(r.docs) and r.docs[0].doc_id == gold for r, (_, gold) in zip(results, tests))
-    hits5 = sum(gold in [h.doc_id for h in r.docs[:5]] for r, (_, gold) in zip(results, tests))
-    n = len(tests)
-    return {"R@1": hits1 / n, "R@5": hits5 / n, "queries": n,
-            "docs_per_query": sum(len(r.docs) for r in results) / n}
+    return recall([[h.doc_id for h in r.docs] for r in results], tests) | {
+        "docs_per_query": sum(len(r.docs) for r in results) / len(tests)}
 
 
 def main(argv: list[str] | None = None) -> int:
