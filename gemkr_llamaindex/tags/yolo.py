@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemkr_llamaindex.tags.base import Tag, VisualTagger, require
+from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -22,8 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def import_ultralytics_offline() -> Any:
     """Import ``ultralytics`` with its network features (online checks, auto-install) switched off."""
-    from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env
-
     offline_ultralytics_env()
     return require("ultralytics", "yolo")
 
@@ -128,8 +127,6 @@ class YOLOTagger(VisualTagger):
     def model(self) -> Any:
         """The ``ultralytics.YOLO`` model, built on first use."""
         if self._model is None:
-            from gemkr_llamaindex.ultralytics_env import preserve_torch_threads
-
             ultralytics = import_ultralytics_offline()
             with preserve_torch_threads():
                 self._model = ultralytics.YOLO(str(self.weights))
@@ -143,8 +140,6 @@ class YOLOTagger(VisualTagger):
         return real_class_names(getattr(self.model, "names", None))
 
     def _tag_images(self, images: Sequence[Image.Image]) -> list[list[Tag]]:
-        from gemkr_llamaindex.ultralytics_env import preserve_torch_threads
-
         import_ultralytics_offline()
         names = self.class_names
         with preserve_torch_threads():
