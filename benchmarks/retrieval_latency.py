@@ -105,7 +105,7 @@ def run_gemkr(generator, queries, batch: int) -> dict:
 
 def gemkr_table(args, kb, cfg) -> None:
     """Build a GeMKR model of the real architectures (random CLIP and YOLO) and print its latency split."""
-    from eval_vqa.images import load_packaged_image
+    from gemkr_llamaindex.images import load_packaged_image
     from eval_vqa.mini import load_mini_benchmark
     from gemkr_llamaindex.llamaindex import ClueGenerator
     from gemkr_llamaindex.model.gemkr import GeMKRConfig, GeMKRModel

@@ -16,7 +16,8 @@ from llama_index.core.evaluation.retrieval.base import RetrievalEvalMode, Retrie
 from llama_index.core.evaluation.retrieval.evaluator import RetrieverEvaluator
 from llama_index.core.evaluation.retrieval.metrics_base import RetrievalMetricResult
 
-from .baselines.common import VQAQueryBundle
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+
 from .metrics import RELEVANCE_MODES, retrieval_scores
 
 

@@ -1,7 +1,7 @@
 """The mini VQA benchmark that ships with the project (``eval_vqa/data/mini_vqa.jsonl``).
 
 Each line: ``{"id", "image": {"package", "name"}, "question", "answers": [...], "gold_doc_ids": [...]}``.
-Images are loaded from installed packages (see :mod:`eval_vqa.images`); gold doc ids are titles of the
+Images are loaded from installed packages (see :mod:`gemkr_llamaindex.images`); gold doc ids are titles of the
 packaged Wikipedia summaries (``gemkr_llamaindex.assets.wiki_summaries()``), and every answer occurs in
 at least one gold summary, so pseudo-relevance and gold-id metrics agree on what a hit is.
 """

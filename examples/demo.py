@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from llama_index.core.schema import QueryBundle
 
-    from eval_vqa.images import packaged_image_path
+    from gemkr_llamaindex.images import packaged_image_path
     from eval_vqa.mini import load_mini_benchmark
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever

@@ -16,7 +16,7 @@ from pathlib import Path
 from llama_index.core import Document
 from llama_index.core.schema import QueryBundle
 
-from eval_vqa.images import packaged_image_path
+from gemkr_llamaindex.images import packaged_image_path
 from gemkr_llamaindex import ClueGenerator, DecodingConfig, GeMKRIndex
 from gemkr_llamaindex.assets import wiki_summaries
 from reader import VQAQueryEngine, VQAReader

@@ -65,7 +65,7 @@ def evaluate_mini(retriever, reader, tagger, summaries: dict[str, str], top_k: i
     """
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-    from eval_vqa.images import packaged_image_path
+    from gemkr_llamaindex.images import packaged_image_path
     from eval_vqa.metrics import exact_match
     from eval_vqa.mini import load_mini_benchmark
     from reader import VQAQueryEngine

@@ -55,7 +55,7 @@ def main() -> None:
     from gemkr_llamaindex.kb import KnowledgeBase
     from gemkr_llamaindex.model.gemkr import GeMKRModel
     from gemkr_llamaindex.model.tiny import TINY_CLIP_CFG, TINY_CLIP_NAME, build_tiny_llm
-    from gemkr_llamaindex.training.data import load_image
+    from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.training.trainer import TrainConfig, train
 
     if args.real:
@@ -90,7 +90,7 @@ def main() -> None:
     model = GeMKRModel.from_pretrained(final).eval()
     kb = KnowledgeBase.open(kb_dir)
     prompt = model.prompt_embeds(["Which animal is this and what is it known for?"],
-                                 images=[load_image(str(images["Zebra"]))])
+                                 images=[load_image(str(images["Zebra"])).image])
     clues = [kb.doc_tokens(d)[:8].tolist() for d, _ in DOCS]
     scores = model.clue_log_likelihood(prompt, clues)
     for (doc_id, _), s in sorted(zip(DOCS, scores.tolist()), key=lambda x: -x[1]):

@@ -23,8 +23,8 @@ def check_image_path(path: str | Path) -> Path:
 
 def load_image(path: str | Path) -> Image.Image:
     """The image at ``path`` decoded to RGB (by the package's one image decoder), fully read."""
-    from gemkr_llamaindex.tags.images import ImageLoadError
-    from gemkr_llamaindex.tags.images import load_image as decode
+    from gemkr_llamaindex.images import ImageLoadError
+    from gemkr_llamaindex.images import load_image as decode
 
     resolved = check_image_path(path)
     try:
@@ -38,8 +38,8 @@ def load_image(path: str | Path) -> Image.Image:
 
 def image_from_block(block: Any) -> Image.Image:
     """Decode a LlamaIndex ``ImageBlock`` (path, raw bytes, or URL) to an RGB PIL image."""
-    from gemkr_llamaindex.tags.images import ImageLoadError
-    from gemkr_llamaindex.tags.images import load_image as decode
+    from gemkr_llamaindex.images import ImageLoadError
+    from gemkr_llamaindex.images import load_image as decode
 
     if block.path is not None and not block.image:
         return load_image(block.path)

@@ -13,11 +13,11 @@ from eval_vqa.baselines import (
     CLIPImageTextRetriever,
     DenseTextRetriever,
     LateInteractionRetriever,
-    VQAQueryBundle,
     register_tiny_clip,
 )
 from eval_vqa.baselines.common import query_text, top_k_indices
-from eval_vqa.images import packaged_image_path
+from gemkr_llamaindex.images import packaged_image_path
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 DOCS = [
     ("Cat", "The cat is a small domesticated carnivorous mammal; cats purr and meow."),

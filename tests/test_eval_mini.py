@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval_vqa.images import PackagedImageError, load_packaged_image, packaged_image_path
+from gemkr_llamaindex.images import PackagedImageError, load_packaged_image, packaged_image_path
 from eval_vqa.mini import load_mini_benchmark
 from gemkr_llamaindex import assets
 

@@ -135,13 +135,14 @@ def test_gemkr_train_checkpoints_and_resumes_identically(setup, capsys):
 
 def test_benchmark_rows_convert_to_training_rows(tmp_path):
     from eval_vqa.mini import load_mini_benchmark
-    from gemkr_llamaindex.training.data import load_image, rows_from_benchmark, write_training_jsonl
+    from gemkr_llamaindex.images import load_image
+    from gemkr_llamaindex.training.data import rows_from_benchmark, write_training_jsonl
 
     rows = load_mini_benchmark()[:2]
     path = write_training_jsonl(rows_from_benchmark(rows), tmp_path / "mini_train.jsonl")
     records = read_training_jsonl(path)
     assert [r.positive_doc_ids for r in records] == [tuple(r["gold_doc_ids"]) for r in rows]
-    assert isinstance(records[0].image, dict) and load_image(records[0].image).mode == "RGB"
+    assert isinstance(records[0].image, dict) and load_image(records[0].image).image.mode == "RGB"
 
 
 def test_vision_side_can_use_a_scaled_learning_rate(setup):

@@ -14,7 +14,6 @@ _EXPORTS = {
     "DenseTextRetriever": "dense",
     "CLIPImageTextRetriever": "clip",
     "LateInteractionRetriever": "late_interaction",
-    "VQAQueryBundle": "common",
     "register_tiny_clip": "clip",
 }
 

@@ -1,28 +1,15 @@
-"""Pieces shared by the baseline retrievers: the query bundle with tags, top-k, caching, node building."""
+"""Pieces shared by the baseline retrievers: query text with tags, top-k, caching, node building."""
 
 from __future__ import annotations
 
 import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
-
-
-@dataclass
-class VQAQueryBundle(QueryBundle):
-    """A ``QueryBundle`` that also carries the query's visual tags (a plain, already formatted string).
-
-    Text baselines built with ``use_tags=True`` append ``tags`` to the question, as the paper gives
-    captions to its text baselines. Any retriever can read it with ``getattr(bundle, "tags", None)``,
-    so plain ``QueryBundle`` objects keep working.
-    """
-
-    tags: str | None = None
 
 
 def query_text(bundle: QueryBundle, use_tags: bool) -> str:

@@ -171,9 +171,9 @@ def decode_image_bytes(data: bytes, context: str) -> Image.Image:
 
 
 def _decode(src: Path | bytes, message: str) -> Image.Image:
-    """The package's one image decoder (``gemkr_llamaindex.tags.images``), with this module's error type."""
-    from gemkr_llamaindex.tags.images import ImageLoadError as DecodeError
-    from gemkr_llamaindex.tags.images import load_image
+    """The package's one image decoder (``gemkr_llamaindex.images``), with this module's error type."""
+    from gemkr_llamaindex.images import ImageLoadError as DecodeError
+    from gemkr_llamaindex.images import load_image
 
     try:
         return load_image(src).image

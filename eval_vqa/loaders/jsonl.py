@@ -25,7 +25,7 @@ def _image_source(image, base: Path, path: Path, lineno: int):
     if isinstance(image, dict) and "path" in image:
         return base / image["path"]
     if isinstance(image, dict) and {"package", "name"} <= set(image):
-        from ..images import load_packaged_image, packaged_image_file
+        from gemkr_llamaindex.images import load_packaged_image, packaged_image_file
 
         packaged_image_file(image["package"], image["name"])  # unknown names fail at load time of the file
         return lambda p=image["package"], n=image["name"]: load_packaged_image(p, n)

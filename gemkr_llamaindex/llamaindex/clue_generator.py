@@ -38,7 +38,7 @@ class ClueQuery:
 
 def load_image(image: Any):
     """A PIL RGB image from a path, bytes or PIL image; clear errors for a missing or undecodable file."""
-    from gemkr_llamaindex.tags.images import load_image as decode
+    from gemkr_llamaindex.images import load_image as decode
 
     return decode(image).image
 

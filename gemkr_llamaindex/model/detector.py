@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gemkr_llamaindex.images import load_image
 from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
 
 MAX_OBJECTS = 5
@@ -80,15 +81,6 @@ class ObjectDetector:
             if x2 - x1 >= 1 and y2 - y1 >= 1:
                 out.append(Box(x1, y1, x2, y2, float(conf[i]), int(cls[i])))
         return out
-
-
-def image_content_hash(image: Any) -> str:
-    """sha256 of the decoded RGB pixels and size: the same picture hashes the same whatever its path."""
-    rgb = image.convert("RGB")
-    h = hashlib.sha256()
-    h.update(f"{rgb.size[0]}x{rgb.size[1]}:".encode())
-    h.update(rgb.tobytes())
-    return h.hexdigest()
 
 
 class ObjectFeatureCache:
@@ -156,7 +148,7 @@ class ObjectFeatureExtractor:
         """The detected objects as RGB PIL images resized to the CLIP input size."""
         from PIL import Image
 
-        rgb = image.convert("RGB")
+        rgb = load_image(image).image
         out = []
         for box in self.detector.detect(rgb):
             crop = rgb.crop((int(box.x1), int(box.y1), round(box.x2), round(box.y2)))
@@ -164,7 +156,9 @@ class ObjectFeatureExtractor:
         return out
 
     def __call__(self, image: Any) -> torch.Tensor:
-        key = image_content_hash(image) if self.cache is not None else ""
+        """``X_R`` of one image (any ``load_image`` input; a ``LoadedImage`` keeps its digest as cache key)."""
+        image = load_image(image)
+        key = image.digest
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:

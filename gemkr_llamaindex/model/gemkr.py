@@ -191,15 +191,19 @@ class GeMKRModel(nn.Module):
         return self._extractor
 
     def visual_inputs(self, images: Sequence[Any], cache_dir: str | Path | None = None) -> VisualBatch:
-        """Preprocess PIL images and detect + encode their objects (cached per image when cache_dir is set)."""
-        pixels = torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+        """Preprocess images (any ``load_image`` input, decoded once) and detect + encode their objects
+        (cached per image digest when cache_dir is set)."""
+        from gemkr_llamaindex.images import load_image
+
+        loaded = [load_image(im) for im in images]
+        pixels = torch.stack([self.preprocess(li.image) for li in loaded])
         extractor = self.object_extractor(cache_dir)
         r = self.config.max_objects
         if extractor is None:
-            feats = torch.zeros(len(images), r, self.tower.clip_dim)
-            mask = torch.zeros(len(images), r, dtype=torch.bool)
+            feats = torch.zeros(len(loaded), r, self.tower.clip_dim)
+            mask = torch.zeros(len(loaded), r, dtype=torch.bool)
         else:
-            feats, mask = extractor.batch(images, r)
+            feats, mask = extractor.batch(loaded, r)
         return VisualBatch(pixels, feats, mask)
 
     def encode_visual(self, visual: VisualBatch) -> tuple[torch.Tensor, torch.Tensor]:

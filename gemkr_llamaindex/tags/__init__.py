@@ -9,21 +9,23 @@ Importing this package is cheap: torch, onnxruntime and ultralytics load when a 
 and a missing one raises :class:`MissingExtraError` naming ``pip install "gemkr-llamaindex[tags]"``.
 """
 
-from gemkr_llamaindex.tags.base import MissingExtraError, Tag, TagKind, VisualTagger, tag_key
+from gemkr_llamaindex.images import ImageLoadError, ImageNotFoundError, load_image
+from gemkr_llamaindex.tags.base import MissingExtraError, VisualTagger
 from gemkr_llamaindex.tags.cache import TagCache
 from gemkr_llamaindex.tags.composite import CompositeTagger, merge_tags
-from gemkr_llamaindex.tags.factory import BACKENDS, DEFAULT_BACKENDS, build_tagger, default_tagger
+from gemkr_llamaindex.tags.factory import BACKENDS, DEFAULT_BACKENDS, HintTagger, build_tagger, default_tagger, hint_tagger
 from gemkr_llamaindex.tags.format import format_tags
 from gemkr_llamaindex.tags.imagenet import ImageNetTagger
-from gemkr_llamaindex.tags.images import ImageLoadError, ImageNotFoundError, load_image
 from gemkr_llamaindex.tags.labels import clean_label, imagenet_labels
 from gemkr_llamaindex.tags.ocr import OCRTagger
+from gemkr_llamaindex.tags.tag import Tag, TagKind, tag_key
 from gemkr_llamaindex.tags.yolo import YOLOTagger
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKENDS",
     "CompositeTagger",
+    "HintTagger",
     "ImageLoadError",
     "ImageNetTagger",
     "ImageNotFoundError",
@@ -38,6 +40,7 @@ __all__ = [
     "clean_label",
     "default_tagger",
     "format_tags",
+    "hint_tagger",
     "imagenet_labels",
     "load_image",
     "merge_tags",

@@ -9,21 +9,18 @@ class owns image decoding, the content-hash disk cache and batching, so a backen
 from __future__ import annotations
 
 import importlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from gemkr_llamaindex.images import ImageInput, load_image
 from gemkr_llamaindex.tags.cache import TagCache
-from gemkr_llamaindex.tags.images import ImageInput, load_image
+from gemkr_llamaindex.tags.tag import Tag
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-TagKind = Literal["object", "text", "label"]
-TAG_KINDS: tuple[str, ...] = ("object", "text", "label")
 TAGS_EXTRA_HINT = 'pip install "gemkr-llamaindex[tags]"'
 
 
@@ -40,42 +37,6 @@ def require(module: str, backend: str) -> Any:
             f"the {backend} tag backend needs the Python module {module!r}, which is not installed "
             f"({exc}); install the tags extra: {TAGS_EXTRA_HINT}"
         ) from exc
-
-
-@dataclass(frozen=True)
-class Tag:
-    """One hint about an image.
-
-    Attributes:
-        text: plain words, e.g. ``"tiger cat"`` or ``"EMT"``.
-        score: the backend's confidence in [0, 1] (class probability, OCR score, detection confidence).
-        kind: ``"label"`` (image classifier), ``"text"`` (OCR) or ``"object"`` (detector).
-    """
-
-    text: str
-    score: float
-    kind: TagKind
-
-    def __post_init__(self) -> None:
-        if self.kind not in TAG_KINDS:
-            raise ValueError(f"tag kind must be one of {TAG_KINDS}, got {self.kind!r}")
-        if not self.text or not self.text.strip():
-            raise ValueError("tag text must be non-empty")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Tag:
-        return cls(text=str(data["text"]), score=float(data["score"]), kind=data["kind"])
-
-
-_SPACES = re.compile(r"\s+")
-
-
-def tag_key(text: str) -> str:
-    """The identity used to deduplicate tags: case-folded, white space collapsed."""
-    return _SPACES.sub(" ", text).strip().casefold()
 
 
 class VisualTagger(ABC):

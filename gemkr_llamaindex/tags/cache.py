@@ -12,10 +12,8 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from gemkr_llamaindex.tags.base import Tag
+from gemkr_llamaindex.tags.tag import Tag
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._+=-]{1,200}$")
 _FORMAT = 1
@@ -43,8 +41,6 @@ class TagCache:
         return self.folder / f"{digest}.json"
 
     def get(self, digest: str) -> list[Tag] | None:
-        from gemkr_llamaindex.tags.base import Tag
-
         try:
             payload = json.loads(self.path(digest).read_text(encoding="utf-8"))
             if payload.get("format") != _FORMAT or payload.get("backend") != self.backend_key:

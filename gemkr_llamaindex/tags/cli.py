@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gemkr_llamaindex.images import ImageLoadError
     from gemkr_llamaindex.tags.base import MissingExtraError
     from gemkr_llamaindex.tags.factory import build_tagger
     from gemkr_llamaindex.tags.format import format_tags
-    from gemkr_llamaindex.tags.images import ImageLoadError
 
     try:
         tagger = build_tagger(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from gemkr_llamaindex.tags.base import Tag, VisualTagger, tag_key
-from gemkr_llamaindex.tags.images import ImageInput, load_image
+from gemkr_llamaindex.images import ImageInput, load_image
+from gemkr_llamaindex.tags.base import VisualTagger
+from gemkr_llamaindex.tags.tag import Tag, tag_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from gemkr_llamaindex.images import ImageInput
 from gemkr_llamaindex.tags.base import VisualTagger
 
 #: Backend names accepted by :func:`build_tagger` and ``gemkr tags --backends``.
@@ -56,3 +58,25 @@ def default_tagger(*, cache: bool | str | Path | None = True) -> VisualTagger:
     from gemkr_llamaindex.tags.ocr import OCRTagger
 
     return CompositeTagger([ImageNetTagger(cache=cache), OCRTagger(cache=cache)])
+
+
+HintTagger = Callable[[ImageInput], "str | None"]
+
+
+def hint_tagger(backends: Sequence[str] = DEFAULT_BACKENDS, *, max_tags: int = 8,
+                cache: bool | str | Path | None = True, **options: Any) -> HintTagger:
+    """The tagger contract every consumer shares: any image input -> a hint string, or None.
+
+    The retriever, the query engine and the evaluation all take such a callable (``tagger=``). It
+    accepts what :func:`gemkr_llamaindex.images.load_image` accepts, a decoded ``LoadedImage``
+    included, so a query image decoded once is tagged without a second decode.
+    """
+    from gemkr_llamaindex.tags.format import format_tags
+
+    tagger = build_tagger(backends, cache=cache, **options)
+
+    def hints(image: ImageInput) -> str | None:
+        return format_tags(tagger.tag(image), max_tags=max_tags) or None
+
+    hints.tagger = tagger  # type: ignore[attr-defined]  # the backend, for cache statistics
+    return hints

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from gemkr_llamaindex.tags.base import Tag, tag_key
+from gemkr_llamaindex.tags.tag import Tag, tag_key
 
 _SEPARATORS = re.compile(r"[,;\n\t]+")
 _SPACES = re.compile(r"\s+")

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gemkr_llamaindex.tags.base import Tag, VisualTagger, require, tag_key
-from gemkr_llamaindex.tags.images import ImageInput, load_image
+from gemkr_llamaindex.images import ImageInput, load_image
+from gemkr_llamaindex.tags.base import VisualTagger, require
 from gemkr_llamaindex.tags.labels import imagenet_labels, read_label_file
+from gemkr_llamaindex.tags.tag import Tag, tag_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gemkr_llamaindex.tags.base import TAGS_EXTRA_HINT, Tag, VisualTagger, require, tag_key
+from gemkr_llamaindex.tags.base import TAGS_EXTRA_HINT, VisualTagger, require
+from gemkr_llamaindex.tags.tag import Tag, tag_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemkr_llamaindex.tags.base import Tag, VisualTagger, require
+from gemkr_llamaindex.tags.base import VisualTagger, require
+from gemkr_llamaindex.tags.tag import Tag
 from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover

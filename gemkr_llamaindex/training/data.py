@@ -113,21 +113,6 @@ def rows_from_benchmark(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, An
                "id": row.get("id")}
 
 
-def load_image(image: str | dict[str, str]):
-    """An RGB PIL image from a path or a packaged-image reference."""
-    from PIL import Image
-
-    if isinstance(image, dict):
-        from eval_vqa.images import load_packaged_image
-
-        return load_packaged_image(image["package"], image["name"]).convert("RGB")
-    try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training image {image} does not exist") from None
-
-
 def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler) -> list[InstructionExample]:
     """Sample the clues: one example per (query, clue); unknown documents are counted in ``sampler.stats``."""
     examples = []

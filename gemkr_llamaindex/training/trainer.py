@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from gemkr_llamaindex.images import load_image
 from gemkr_llamaindex.model.gemkr import GeMKRConfig, GeMKRModel, VisualBatch
-from gemkr_llamaindex.training.data import InstructionExample, load_image
+from gemkr_llamaindex.training.data import InstructionExample
 
 STATE_FILE = "trainer_state.pt"
 
