@@ -14,9 +14,10 @@ Pseudo-relevance (no gold passages, as in OK-VQA): a passage is relevant if it c
   character, such as ``"c++"``, has no ``\\b`` there and so never word-matches; this is the literal
   definition and we keep it.)
 
-The VQA accuracy follows the official VQA / OK-VQA evaluator's behaviour (leave-one-annotator-out
-soft accuracy, with its answer normalisation), reimplemented from its documented behaviour with our
-own tables; see :func:`normalize_answer` and :func:`vqa_accuracy` for the one deliberate deviation.
+The VQA accuracy is the official VQA / OK-VQA evaluator's (leave-one-annotator-out soft accuracy,
+with its answer processing and its quirks), reimplemented from the algorithm's rules with our own
+tables; ``vqa_accuracy(..., normalize="always")`` is the named alternative that always normalises.
+See :func:`vqa_accuracy` and :func:`normalize_answer`.
 """
 
 from __future__ import annotations
@@ -133,103 +134,139 @@ def mrr(retrieved_ids: Sequence[str], gold_ids: Iterable[str], k: int | None = N
 # VQA answer normalisation and accuracy
 # ---------------------------------------------------------------------------------------------------
 
-# Punctuation the official evaluator treats (note: no apostrophe, colon, '#', '$', '%', '&', '*').
+VQANormalize = Literal["official", "always"]
+VQA_NORMALIZE_MODES: tuple[str, ...] = ("official", "always")
+
+# The marks the evaluator's punctuation step handles. Not among them: the apostrophe (contractions
+# keep it), the colon ("12:30"), "#", "$", "%", "&", "*", "~", "|" and the period (its own rule below).
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")  # "3.5" keeps its period, "dog." loses it
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+# The official pattern is ``(?!<=\d)(\.)(?!\d)``: its first group is a *lookahead* for the two
+# characters "<=" and a digit, which never holds in front of a period, so the rule reduces to "a period
+# not followed by a digit goes" ("3.5" and ".5" keep theirs, "dog." and "a.b" lose theirs).
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+# The official call passes ``re.UNICODE`` (= 32) where ``Pattern.sub`` takes ``count``: at most the first
+# 32 such periods are removed.
+_MAX_PERIODS_REMOVED = 32
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 _ARTICLES = frozenset({"a", "an", "the"})
 
+# Every contraction the evaluator restores, written with its apostrophes. A word spelt without one of
+# them is mapped back (see ``_contraction_table``). Its table also has four keys with a capital I
+# ("Im", "Ive", "Id've", "I'dve"), which never match the lower-cased words, and two identity entries
+# ("let's", "she's"); all six change nothing and are left out here.
+_CONTRACTION_FORMS = """
+ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't
+he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've
+mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't
+shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's
+something'd something'd've something'll that's there'd there'd've there're there's they'd they'd've
+they'll they're they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's
+where'd where's where've who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't
+wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've
+""".split()
 
-def _build_contractions() -> dict[str, str]:
-    """Map apostrophe-less spellings (``dont``, ``youre``) to the apostrophe form the evaluator uses."""
+
+def _contraction_table() -> dict[str, str]:
+    """Spelling without an apostrophe -> the contraction.
+
+    One apostrophe: the bare word maps back (``dont`` -> ``don't``). Two or more: each spelling that
+    lacks exactly one of them maps back (``couldnt've`` and ``couldn'tve`` -> ``couldn't've``, but
+    ``couldntve`` stays). Words that are also ordinary English are simply absent from the list, as in
+    the official table: ``its``, ``ill``, ``id``, ``were``, ``well``, ``hell``, ``shed``, ``wed``,
+    ``lets``, ``shes``. One official entry runs backwards and is kept: ``somebody'd`` -> ``somebodyd``.
+    """
     table: dict[str, str] = {}
-    forms = [
-        "aren't", "can't", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't", "hasn't",
-        "haven't", "isn't", "mightn't", "mustn't", "needn't", "shan't", "shouldn't", "shouldn't've",
-        "wasn't", "weren't", "won't", "wouldn't", "wouldn't've", "ain't",
-        "he'd", "he'll", "he's", "he'd've", "she'd", "she'll", "she's", "she'd've", "it'd", "it'll",
-        "it's", "it'd've", "i'd", "i'll", "i'm", "i've", "i'd've", "you'd", "you'll", "you're", "you've",
-        "you'd've", "we'd", "we'll", "we're", "we've", "we'd've", "they'd", "they'll", "they're",
-        "they've", "they'd've", "that's", "that'd", "that'll", "there's", "there're", "there'd",
-        "there'll", "there'd've", "here's", "what's", "what're", "what've", "what'll", "where's",
-        "where'd", "where've", "who's", "who'd", "who'll", "who're", "who've", "who'd've", "why's",
-        "why'll", "why're", "how's", "how'd", "how'll", "let's", "ma'am", "o'clock", "y'all", "y'all'd",
-        "y'all'd've", "could've", "might've", "must've", "should've", "would've", "somebody's",
-        "somebody'd", "someone's", "someone'd", "someone'll", "something's", "something'd",
-        "nobody's", "everybody's", "everyone's",
-    ]
-    # Bare spellings that are ordinary words stay untouched ("its", "well", "were", "shed" ...).
-    real_words = {"its", "hell", "well", "were", "shell", "wed", "id", "ill", "shed", "lets"}
-    for form in forms:
-        variants = {form.replace("'", "")}
-        if form.count("'") == 2:  # "couldn't've": also "couldnt've" and "couldn'tve"
-            head, tail = form.rsplit("'", 1)
-            variants |= {form.replace("'", "", 1), head + tail}
-        for bare in variants - real_words:
-            table[bare] = form
+    for form in _CONTRACTION_FORMS:
+        cuts = [i for i, ch in enumerate(form) if ch == "'"]
+        if len(cuts) == 1:
+            table[form.replace("'", "")] = form
+        else:
+            for i in cuts:
+                table[form[:i] + form[i + 1:]] = form
+    table["somebody'd"] = "somebodyd"
     return table
 
 
-_CONTRACTIONS = _build_contractions()
+_CONTRACTIONS = _contraction_table()
+
+
+def _clean_whitespace(text: str) -> str:
+    """The step the evaluator applies to every answer: newlines and tabs to spaces, then strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def _process_punctuation(text: str) -> str:
-    # Official behaviour: a punctuation mark next to a space (or anywhere, if the text contains a
-    # digit,digit comma) is deleted; otherwise it becomes a space ("t-shirt" -> "t shirt",
-    # "10,000" -> "10000"). Periods are then removed unless followed by a digit.
-    strip_all = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for p in _PUNCTUATION:
-        if strip_all or (p + " ") in text or (" " + p) in text:
-            text = text.replace(p, "")
+    """The evaluator's punctuation step, decided on the text as it came in.
+
+    For each mark in ``_PUNCTUATION``: if the *input* has the mark next to a space, or has a
+    digit-comma-digit anywhere ("10,000"), every occurrence of the mark is deleted; otherwise each
+    becomes a space ("t-shirt" -> "t shirt"). The test looks at the input, not at the text as earlier
+    marks left it: in "a(-b-c" the "(" turns into a space, yet "-" still counts as not next to a space,
+    giving "a  b c". Then up to 32 periods not followed by a digit are removed.
+    """
+    spaced_or_number = _DIGIT_COMMA_DIGIT.search(text) is not None
+    out = text
+    for mark in _PUNCTUATION:
+        if spaced_or_number or (mark + " ") in text or (" " + mark) in text:
+            out = out.replace(mark, "")
         else:
-            text = text.replace(p, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", text)
+            out = out.replace(mark, " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_MAX_PERIODS_REMOVED)
 
 
 def _process_digits_articles(text: str) -> str:
-    words = []
-    for word in text.lower().split():
-        word = _NUMBER_WORDS.get(word, word)
-        if word not in _ARTICLES:
-            words.append(_CONTRACTIONS.get(word, word))
-    return " ".join(words)
+    """Lower-case and split on whitespace; number words to digits; drop articles; restore contractions."""
+    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
 def normalize_answer(answer: str) -> str:
-    """The VQA evaluator's answer normalisation.
+    """The VQA evaluator's answer processing, applied unconditionally.
 
-    Steps: newlines/tabs to spaces and strip; punctuation handling (see ``_process_punctuation``);
-    lowercase; number words ``zero``..``ten`` (and ``none``) to digits; drop ``a``/``an``/``the``;
-    contractions written without apostrophe restored (``dont`` -> ``don't``).
+    Steps: newlines/tabs to spaces and strip; punctuation (see ``_process_punctuation``); lower-case;
+    ``none``/``zero``..``ten`` to digits; drop ``a``/``an``/``the``; apostrophe-less contractions
+    restored (``dont`` -> ``don't``). :func:`vqa_accuracy` decides *whether* to apply it.
     """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digits_articles(_process_punctuation(text))
+    return _process_digits_articles(_process_punctuation(_clean_whitespace(answer)))
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str], normalize: VQANormalize = "official") -> float:
     """OK-VQA / VQA soft accuracy of one prediction against the annotators' answers (usually 10).
 
-    acc = mean over references i of min(1, #{j != i : ref_j == pred} / 3), after normalising the
-    prediction and every reference. Duplicates count: with 10 references of which 3 equal the
-    prediction, each of those 3 sees 2 matches among the other 9 (2/3) and each other one sees 3 (1),
-    giving (3*2/3 + 7*1)/10 = 0.9.
+    acc = mean over references i of min(1, #{j != i : ref_j == pred} / 3). Duplicates count: with 10
+    references of which 3 equal the prediction, each of those 3 sees 2 matches among the other 9 (2/3)
+    and each other one sees 3 (1), giving (3*2/3 + 7*1)/10 = 0.9.
 
-    Deviation from the official script: it normalises only when the references disagree (so ``"Dog."``
-    against ten ``"dog"`` scores 0 there); we always normalise both sides. With fewer than 4 references
-    the score cannot reach 1 (one reference always scores 0), so for benchmarks whose answers are
-    alternatives rather than annotator votes report :func:`exact_match` instead.
+    ``normalize``:
+
+    * ``"official"`` (default; the GT-Vision-Lab ``vqaEval.py`` that OK-VQA papers report with): every
+      answer gets newlines/tabs turned into spaces and is stripped; the full processing of
+      :func:`normalize_answer` (punctuation, lower-case, number words, articles, contractions) is applied
+      to the prediction and the references only when the references are not all identical. When all
+      agree the strings are compared as they are: ``"two"`` against ten ``"2"`` scores 0, and so do
+      ``"Dog"`` and ``"dog."`` against ten ``"dog"``.
+    * ``"always"``: both sides are always processed (``"two"`` against ten ``"2"`` scores 1). Kinder to
+      generative readers, but not comparable with published numbers.
+
+    With fewer than 4 references the score cannot reach 1 (one reference always scores 0), so for
+    benchmarks whose answers are alternatives rather than annotator votes report :func:`exact_match`.
 
     Raises:
-        ValueError: no references.
+        ValueError: no references, or an unknown ``normalize``.
     """
     if isinstance(answers, str) or not answers:
         raise ValueError("vqa_accuracy needs a non-empty list of reference answers")
-    pred = normalize_answer(prediction)
-    refs = [normalize_answer(a) for a in answers]
+    if normalize not in VQA_NORMALIZE_MODES:
+        raise ValueError(f"unknown normalize {normalize!r}; expected one of {VQA_NORMALIZE_MODES}")
+    pred = _clean_whitespace(prediction)
+    refs = [_clean_whitespace(a) for a in answers]
+    if normalize == "always" or len(set(refs)) > 1:
+        pred = normalize_answer(pred)
+        refs = [normalize_answer(r) for r in refs]
     total = 0.0
     for i in range(len(refs)):
         matches = sum(1 for j, ref in enumerate(refs) if j != i and ref == pred)
@@ -278,10 +315,10 @@ def retrieval_scores(
     return out
 
 
-def answer_scores(prediction: str, answers: Sequence[str]) -> dict[str, float]:
-    """VQA accuracy and exact match for one prediction, keyed by canonical name."""
+def answer_scores(prediction: str, answers: Sequence[str], vqa_normalize: VQANormalize = "official") -> dict[str, float]:
+    """VQA accuracy (``vqa_normalize`` as in :func:`vqa_accuracy`) and exact match, keyed by canonical name."""
     return {
-        "VQA acc (leave-one-out)": vqa_accuracy(prediction, answers),
+        "VQA acc (leave-one-out)": vqa_accuracy(prediction, answers, vqa_normalize),
         "EM (VQA-normalised)": exact_match(prediction, answers),
     }
 

@@ -101,51 +101,102 @@ def test_gold_id_metrics():
         recall_at_k(ranked, [], 5)
 
 
-@pytest.mark.parametrize(
-    "raw,norm",
-    [
-        ("Dog.", "dog"),
-        ("the dog", "dog"),
-        ("A Dog", "dog"),
-        ("an apple", "apple"),
-        ("two", "2"),
-        ("Ten", "10"),
-        ("none", "0"),
-        ("3.5", "3.5"),
-        ("10,000", "10000"),
-        ("t-shirt", "t shirt"),
-        ("yes!", "yes"),
-        ("hello , world", "hello world"),
-        ("dont", "don't"),
-        ("isnt", "isn't"),
-        ("couldntve", "couldn't've"),
-        ("its", "its"),
-        ("  fire\thydrant\n", "fire hydrant"),
-    ],
-)
+# Expected values follow from the official evaluator's rules (GT-Vision-Lab vqaEval.py), worked out by
+# hand; the comment says which rule decides each case.
+NORMALISATION_CASES = [
+    ("Dog.", "dog"),                    # period not before a digit goes; lower-case
+    ("the dog", "dog"),                 # articles dropped
+    ("A Dog", "dog"),
+    ("an apple", "apple"),
+    ("two", "2"),                       # number words zero..ten (and none) to digits
+    ("Ten", "10"),
+    ("none", "0"),
+    ("eleven", "eleven"),               # ... and no others
+    ("Two Dogs", "2 dogs"),
+    ("the one", "1"),
+    ("a", ""),                          # an answer that is only an article vanishes
+    ("3.5", "3.5"),                     # a period before a digit stays
+    (".5", ".5"),
+    ("5.", "5"),
+    ("a.b", "ab"),                      # a period is deleted, not turned into a space
+    ("a" + "." * 40, "a" + "." * 8),    # at most 32 periods go (re.UNICODE passed as count)
+    ("10,000", "10000"),                # digit,digit anywhere: every mark is deleted ...
+    ("1,000 cars, 2 vans", "1000 cars 2 vans"),
+    ("1,5-2", "152"),                   # ... the hyphen too
+    ("t-shirt", "t shirt"),             # a mark with no space beside it becomes a space ...
+    ("t-shirt - red", "tshirt red"),    # ... unless the same mark stands next to a space elsewhere
+    ("x(-y-z", "x y z"),                # decided on the input text, not on what "(" left behind
+    ("yes!", "yes"),
+    ("hello , world", "hello world"),
+    ("x,y", "x y"),
+    ("a,b", "b"),                       # the comma becomes a space and "a" is then an article
+    ("(x)", "x"),
+    ("yes/no", "yes no"),
+    ("12:30", "12:30"),                 # colon, '#', apostrophe are not punctuation there
+    ("#1", "#1"),
+    ("don't", "don't"),
+    ("o'clock", "o'clock"),
+    ("dont", "don't"),                  # apostrophe-less contractions restored
+    ("isnt", "isn't"),
+    ("hes", "he's"),
+    ("twas", "'twas"),
+    ("couldnt've", "couldn't've"),      # two apostrophes: a spelling missing one of them
+    ("couldntve", "couldntve"),         # ... but not one missing both
+    ("somebody'd", "somebodyd"),        # the one entry of the table that runs backwards
+    ("its", "its"),                     # ordinary words are not in the table
+    ("shes", "shes"),
+    ("im", "im"),                       # the table's "Im" has a capital, the text is lower-cased
+    ("  fire\thydrant\n", "fire hydrant"),
+    ("x  y", "x y"),
+]
+
+
+@pytest.mark.parametrize("raw,norm", NORMALISATION_CASES)
 def test_normalisation(raw, norm):
     assert normalize_answer(raw) == norm
 
 
-def test_vqa_accuracy_leave_one_out_by_hand():
-    # 3 of 10 references say "dog": the 3 "dog" refs see 2 matches (2/3), the 7 others see 3 (1).
-    refs = ["dog"] * 3 + ["cat"] * 7
-    assert vqa_accuracy("dog", refs) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
-    # 2 of 10: the 2 see 1 (1/3), the 8 others see 2 (2/3)
-    refs = ["dog"] * 2 + ["cat"] * 8
-    assert vqa_accuracy("dog", refs) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
-    # 1 of 10: that one sees 0, the 9 others see 1 (1/3) -> 0.3
-    refs = ["dog"] + ["cat"] * 9
-    assert vqa_accuracy("dog", refs) == pytest.approx(0.3)
-    # 4 or more of 10 -> 1.0; none -> 0.0
-    assert vqa_accuracy("dog", ["dog"] * 4 + ["cat"] * 6) == 1.0
-    assert vqa_accuracy("bird", ["dog"] * 4 + ["cat"] * 6) == 0.0
+TEN = 10
+# (prediction, references, official, always)
+VQA_CASES = [
+    # all ten references identical: the official evaluator compares stripped strings as they are
+    ("two", ["2"] * TEN, 0.0, 1.0),
+    ("Dog", ["dog"] * TEN, 0.0, 1.0),
+    ("dog.", ["dog"] * TEN, 0.0, 1.0),
+    ("the cat", ["cat"] * TEN, 0.0, 1.0),
+    ("t-shirt", ["t shirt"] * TEN, 0.0, 1.0),
+    (" dog\n", ["dog"] * TEN, 1.0, 1.0),                # newline/tab/strip always applies
+    ("dog", ["dog "] * TEN, 1.0, 1.0),                  # ... to the references too
+    ("dog", ["dog"] * TEN, 1.0, 1.0),
+    # references that disagree: both sides are processed
+    ("two", ["2"] * 9 + ["3"], 1.0, 1.0),
+    ("t-shirt", ["t shirt"] * 9 + ["shirt"], 1.0, 1.0),
+    ("10,000", ["10000"] * 5 + ["10,000"] * 5, 1.0, 1.0),
+    ("one", ["1"] * 4 + ["one"] * 6, 1.0, 1.0),
+    # leave-one-out over the ten, min(1, matches/3), averaged
+    ("Dog", ["dog"] * 3 + ["cat"] * 7, (3 * 2 / 3 + 7 * 1) / 10, (3 * 2 / 3 + 7 * 1) / 10),
+    ("dog", ["dog"] * 2 + ["cat"] * 8, (2 * 1 / 3 + 8 * 2 / 3) / 10, (2 * 1 / 3 + 8 * 2 / 3) / 10),
+    ("dog", ["dog"] + ["cat"] * 9, 0.3, 0.3),
+    ("dog", ["dog"] * 4 + ["cat"] * 6, 1.0, 1.0),
+    ("bird", ["dog"] * 4 + ["cat"] * 6, 0.0, 0.0),
+    # few references (answer alternatives, as in the mini benchmark)
+    ("felidae", ["Felidae"], 0.0, 0.0),                 # one reference: nobody else to agree
+    ("dog", ["dog", "dog"], 1 / 3, 1 / 3),
+    ("Dog", ["dog", "dog"], 0.0, 1 / 3),
+    ("Purr", ["purring", "purr"], 0.5 * 1 / 3, 0.5 * 1 / 3),
+]
 
 
-def test_vqa_accuracy_normalises_both_sides():
-    # OK-VQA style: 5 answers each given twice; "2" matches "two" and "Two."
+@pytest.mark.parametrize("prediction,refs,official,always", VQA_CASES)
+def test_vqa_accuracy_official_and_always(prediction, refs, official, always):
+    assert vqa_accuracy(prediction, refs) == pytest.approx(official)
+    assert vqa_accuracy(prediction, refs, normalize="official") == pytest.approx(official)
+    assert vqa_accuracy(prediction, refs, normalize="always") == pytest.approx(always)
+
+
+def test_vqa_accuracy_with_mixed_spellings():
+    # OK-VQA style: 5 answers each given twice; they differ, so all are processed: "2" matches 6
     refs = ["two", "two", "2", "2", "Two.", "Two.", "three", "three", "a couple", "a couple"]
-    # 6 references normalise to "2": each of those sees 5 others (1), the 4 others see 6 (1)
     assert vqa_accuracy("2", refs) == 1.0
     refs = ["the red one", "red one", "Red", "red", "maroon", "maroon", "crimson", "crimson", "pink", "pink"]
     # "red" matches refs 3,4 (2 refs): each sees 1 (1/3), the other 8 see 2 (2/3)
@@ -156,11 +207,11 @@ def test_vqa_accuracy_normalises_both_sides():
     assert vqa_accuracy("dont know", refs) == 1.0
 
 
-def test_vqa_accuracy_few_references_and_errors():
-    assert vqa_accuracy("dog", ["dog"]) == 0.0  # leave-one-out: nobody else agrees
-    assert vqa_accuracy("dog", ["dog", "dog"]) == pytest.approx(1 / 3)
+def test_vqa_accuracy_errors():
     with pytest.raises(ValueError):
         vqa_accuracy("dog", [])
+    with pytest.raises(ValueError, match="normalize"):
+        vqa_accuracy("dog", ["dog"], normalize="sometimes")  # type: ignore[arg-type]
 
 
 def test_exact_match():
@@ -178,4 +229,6 @@ def test_per_query_bundle_has_canonical_names():
     assert scores["PRP@5 (word)"] == pytest.approx(1 / 5)
     assert scores["P@1 (gold)"] == 0.0 and scores["R@5 (gold)"] == 1.0 and scores["MRR (gold)"] == 0.5
     assert "P@1 (gold)" not in retrieval_scores(["x"], ["a"], ["x"], None, ks=[1])
-    assert answer_scores("two", ["2"] * 10) == {"VQA acc (leave-one-out)": 1.0, "EM (VQA-normalised)": 1.0}
+    # official VQA accuracy compares raw strings when all ten agree; EM always normalises
+    assert answer_scores("two", ["2"] * 10) == {"VQA acc (leave-one-out)": 0.0, "EM (VQA-normalised)": 1.0}
+    assert answer_scores("two", ["2"] * 10, vqa_normalize="always")["VQA acc (leave-one-out)"] == 1.0
