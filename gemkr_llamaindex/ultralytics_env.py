@@ -1,6 +1,8 @@
 """Using ultralytics inside a library: offline, configured under our cache, and polite to torch.
 
-Both the GeMKR object detector (``model.detector``) and the YOLO tagger (``tags.yolo``) go through here.
+Both the GeMKR YOLO detector (``model.detectors.yolo``) and the YOLO tagger (``tags.yolo``) go through
+here. ultralytics is AGPL-3.0 and lives in the optional ``[yolo]`` extra: nothing in the core imports it,
+and :func:`import_ultralytics` says which extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -8,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
+
+YOLO_EXTRA_HINT = 'pip install "gemkr-llamaindex[yolo]"'
 
 
 def offline_ultralytics_env() -> None:
@@ -22,6 +27,24 @@ def offline_ultralytics_env() -> None:
         config_dir = assets.cache_dir() / "ultralytics"
         config_dir.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+
+
+def import_ultralytics() -> Any:
+    """The ``ultralytics`` module, imported offline (:func:`offline_ultralytics_env` first).
+
+    Raises:
+        ImportError: ultralytics is not installed; the message names the ``[yolo]`` extra (AGPL-3.0).
+    """
+    offline_ultralytics_env()
+    try:
+        import ultralytics
+    except ImportError as exc:
+        raise ImportError(
+            f"YOLO detection needs ultralytics, which is not installed ({exc}); install the yolo extra: "
+            f"{YOLO_EXTRA_HINT} (ultralytics is AGPL-3.0; for a permissively licensed detector give a "
+            "transformers object-detection folder, see gemkr_llamaindex.model.detector.make_detector)"
+        ) from exc
+    return ultralytics
 
 
 @contextlib.contextmanager

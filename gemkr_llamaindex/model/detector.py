@@ -1,11 +1,18 @@
-"""Object features ``X_R``: YOLO boxes -> crops -> frozen CLIP embeddings, cached on disk.
+"""Object features ``X_R``: detector boxes -> crops -> frozen CLIP embeddings, cached on disk.
 
 Paper, §Object-aware Prefix Tuning and Implementation Details: objects are cropped, resized to a fixed
 resolution and encoded with the frozen CLIP; the top 5 most confident boxes are kept. An image with no
 detection simply has zero objects (its prefix is then the learnable part alone).
 
-ultralytics is imported lazily, offline and configured under the package cache, and every call into it
-keeps torch's thread count (see ``gemkr_llamaindex.ultralytics_env``).
+The detector is anything that satisfies :class:`~gemkr_llamaindex.model.detectors.Detector`;
+:func:`make_detector` picks the implementation from a spec string:
+
+* ``"hf:PATH"``, or a folder whose ``config.json`` is a transformers object-detection model (RT-DETR,
+  DETR, ...) -> :class:`HFDetector` (core dependencies only, Apache-2.0);
+* a ``.pt`` / ``.yaml`` / ``.yml`` path or name, or a name starting with ``yolo`` -> :class:`YOLODetector`
+  (ultralytics, extra ``[yolo]``, AGPL-3.0). ``ObjectDetector`` is the YOLO class's historical name.
+
+Nothing here imports ultralytics or the transformers model classes until a detector is built.
 """
 
 from __future__ import annotations
@@ -14,73 +21,81 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gemkr_llamaindex.images import load_image
-from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
+from gemkr_llamaindex.model.detectors import (
+    MAX_OBJECTS,
+    Box,
+    Detector,
+    HFDetector,
+    YOLODetector,
+    is_object_detection_folder,
+)
+from gemkr_llamaindex.model.detectors.yolo import YOLO_SUFFIXES
 
-MAX_OBJECTS = 5
+__all__ = [
+    "HF_PREFIX",
+    "MAX_OBJECTS",
+    "Box",
+    "Detector",
+    "HFDetector",
+    "ObjectDetector",
+    "ObjectFeatureCache",
+    "ObjectFeatureExtractor",
+    "YOLODetector",
+    "detector_kind",
+    "make_detector",
+]
+
+#: The YOLO detector under its original name: ``ObjectDetector(weights, conf, max_objects, device)``.
+ObjectDetector = YOLODetector
+
+HF_PREFIX = "hf:"
 
 
-@dataclass(frozen=True)
-class Box:
-    """A detection in pixel coordinates of the original image."""
+def detector_kind(spec: str | Path) -> str:
+    """``"hf"`` or ``"yolo"``: which implementation :func:`make_detector` builds for ``spec``.
 
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    confidence: float
-    label: int
+    Rules, in order: a ``hf:`` prefix -> hf; a ``.pt``/``.yaml``/``.yml`` suffix -> yolo; an existing
+    folder -> hf if its ``config.json`` is an object-detection model (else ValueError); a file or folder
+    name starting with ``yolo`` -> yolo (the YOLO class then says what is missing). Anything else raises.
 
-
-class ObjectDetector:
-    """An ultralytics YOLO model from a local ``.pt`` file or an architecture ``.yaml`` (random init).
-
-    ``detect`` keeps the ``max_objects`` most confident boxes above ``conf``.
+    Raises:
+        ValueError: a folder that is not a transformers object-detection model.
+        FileNotFoundError: a spec that matches no rule (e.g. a path that does not exist).
     """
+    text = str(spec)
+    if text.startswith(HF_PREFIX):
+        return "hf"
+    path = Path(text).expanduser()
+    if path.suffix.lower() in YOLO_SUFFIXES:
+        return "yolo"
+    if path.is_dir():
+        if is_object_detection_folder(path):
+            return "hf"
+        raise ValueError(
+            f"detector folder {path} holds no transformers object-detection model (its config.json is missing "
+            "or names another model type)"
+        )
+    if path.name.lower().startswith("yolo"):
+        return "yolo"
+    raise FileNotFoundError(
+        f"detector {text!r}: no such file or folder. Give a YOLO .pt/.yaml (extra [yolo]) or a local "
+        f"transformers object-detection folder ({HF_PREFIX}PATH or the folder itself)"
+    )
 
-    def __init__(self, weights: str | Path, conf: float = 0.25, max_objects: int = MAX_OBJECTS, device: str = "cpu"):
-        weights = str(weights)
-        if weights.endswith(".pt") and not Path(weights).is_file():
-            raise FileNotFoundError(
-                f"YOLO weights {weights} not found; give a local .pt path (no download happens) "
-                "or an architecture yaml such as 'yolov8n.yaml' for a random-init detector"
-            )
-        offline_ultralytics_env()
-        from ultralytics import YOLO
 
-        self.weights = weights
-        self.conf = conf
-        self.max_objects = max_objects
-        self.device = device
-        with preserve_torch_threads():
-            self.model = YOLO(weights)
-
-    def detect(self, image: Any) -> list[Box]:
-        """Boxes of one RGB PIL image, most confident first, at most ``max_objects``."""
-        with preserve_torch_threads():
-            result = self.model.predict(
-                image, conf=self.conf, max_det=max(self.max_objects, 1) * 4, verbose=False, device=self.device
-            )[0]
-        boxes = result.boxes
-        if boxes is None or len(boxes) == 0:
-            return []
-        xyxy = boxes.xyxy.cpu().numpy()
-        conf = boxes.conf.cpu().numpy()
-        cls = boxes.cls.cpu().numpy()
-        order = np.argsort(-conf, kind="stable")[: self.max_objects]
-        out = []
-        for i in order:
-            x1, y1, x2, y2 = (float(v) for v in xyxy[i])
-            if x2 - x1 >= 1 and y2 - y1 >= 1:
-                out.append(Box(x1, y1, x2, y2, float(conf[i]), int(cls[i])))
-        return out
+def make_detector(spec: str | Path, conf: float = 0.25, max_objects: int = MAX_OBJECTS, device: str = "cpu") -> Detector:
+    """The detector named by ``spec`` (rules in :func:`detector_kind`), keeping boxes scored ``conf`` or
+    more, at most ``max_objects`` per image, run on ``device``."""
+    if detector_kind(spec) == "hf":
+        text = str(spec)
+        return HFDetector(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text, conf, max_objects, device)
+    return YOLODetector(spec, conf, max_objects, device)
 
 
 class ObjectFeatureCache:
@@ -124,13 +139,15 @@ class ObjectFeatureCache:
 class ObjectFeatureExtractor:
     """``X_R`` for an image: detect, crop, resize to the CLIP input size, encode with the frozen CLIP.
 
-    ``encode`` is the frozen tower's plain image encoder (e.g. ``ObjectAwareVisionTower.encode_crops``),
-    ``preprocess`` its open_clip eval transform. Returns a (r, clip_dim) float32 tensor, r in 0..5.
+    ``detector`` is any :class:`Detector`; ``encode`` is the frozen tower's plain image encoder (e.g.
+    ``ObjectAwareVisionTower.encode_crops``), ``preprocess`` its open_clip eval transform. Returns a
+    (r, clip_dim) float32 tensor, r in 0..max_objects. :meth:`batch` runs the detector once for all the
+    images the cache does not answer (``detect_batch``), then encodes each image's crops together.
     """
 
     def __init__(
         self,
-        detector: ObjectDetector,
+        detector: Detector,
         encode: Callable[[torch.Tensor], torch.Tensor],
         preprocess: Callable[[Any], torch.Tensor],
         image_size: int,
@@ -144,42 +161,53 @@ class ObjectFeatureExtractor:
         self.clip_dim = clip_dim
         self.cache = cache
 
-    def crops(self, image: Any) -> list[Any]:
-        """The detected objects as RGB PIL images resized to the CLIP input size."""
+    def _crop(self, rgb: Any, boxes: Sequence[Box]) -> list[Any]:
         from PIL import Image
 
-        rgb = load_image(image).image
         out = []
-        for box in self.detector.detect(rgb):
+        for box in boxes:
             crop = rgb.crop((int(box.x1), int(box.y1), round(box.x2), round(box.y2)))
             out.append(crop.resize((self.image_size, self.image_size), Image.BICUBIC))
         return out
 
+    def crops(self, image: Any) -> list[Any]:
+        """The detected objects as RGB PIL images resized to the CLIP input size."""
+        rgb = load_image(image).image
+        return self._crop(rgb, self.detector.detect(rgb))
+
+    def _encode(self, crops: list[Any]) -> torch.Tensor:
+        if not crops:
+            return torch.zeros(0, self.clip_dim)
+        pixels = torch.stack([self.preprocess(c) for c in crops])
+        with torch.no_grad():
+            return self.encode(pixels).float().cpu()
+
+    def features(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """``X_R`` of each image (any ``load_image`` input); cache misses share one ``detect_batch``."""
+        loaded = [load_image(im) for im in images]
+        out: list[torch.Tensor | None] = [None] * len(loaded)
+        if self.cache is not None:
+            out = [self.cache.get(li.digest) for li in loaded]
+        todo = [i for i, x in enumerate(out) if x is None]
+        if todo:
+            boxes = self.detector.detect_batch([loaded[i].image for i in todo])
+            for i, image_boxes in zip(todo, boxes):
+                feats = self._encode(self._crop(loaded[i].image, image_boxes))
+                if self.cache is not None:
+                    self.cache.put(loaded[i].digest, feats)
+                out[i] = feats
+        return out  # type: ignore[return-value]
+
     def __call__(self, image: Any) -> torch.Tensor:
         """``X_R`` of one image (any ``load_image`` input; a ``LoadedImage`` keeps its digest as cache key)."""
-        image = load_image(image)
-        key = image.digest
-        if self.cache is not None:
-            cached = self.cache.get(key)
-            if cached is not None:
-                return cached
-        crops = self.crops(image)
-        if crops:
-            pixels = torch.stack([self.preprocess(c) for c in crops])
-            with torch.no_grad():
-                feats = self.encode(pixels).float().cpu()
-        else:
-            feats = torch.zeros(0, self.clip_dim)
-        if self.cache is not None:
-            self.cache.put(key, feats)
-        return feats
+        return self.features([image])[0]
 
     def batch(self, images: Sequence[Any], max_objects: int = MAX_OBJECTS) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ``(X_R, mask)`` of shapes (B, max_objects, clip_dim) and (B, max_objects)."""
         feats = torch.zeros(len(images), max_objects, self.clip_dim)
         mask = torch.zeros(len(images), max_objects, dtype=torch.bool)
-        for i, image in enumerate(images):
-            x = self(image)[:max_objects]
+        for i, x in enumerate(self.features(images)):
+            x = x[:max_objects]
             feats[i, : len(x)] = x
             mask[i, : len(x)] = True
         return feats, mask

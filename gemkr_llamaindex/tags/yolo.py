@@ -5,6 +5,8 @@ weights carry real class names (a trained ``.pt``). A model built from a ``.yaml
 placeholder names ``"0"``, ``"1"``, ... and yields no tags unless ``names=`` is given. ultralytics is
 kept off the network: ``YOLO_OFFLINE=1`` and ``YOLO_AUTOINSTALL=0`` are set, and its settings file goes
 to a folder under our cache, before ultralytics is first imported.
+
+ultralytics (AGPL-3.0) is not part of the ``[tags]`` extra: this backend needs ``[yolo]``, and says so.
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemkr_llamaindex.tags.base import VisualTagger, require
+from gemkr_llamaindex.tags.base import MissingExtraError, VisualTagger
 from gemkr_llamaindex.tags.tag import Tag
-from gemkr_llamaindex.ultralytics_env import offline_ultralytics_env, preserve_torch_threads
+from gemkr_llamaindex.ultralytics_env import import_ultralytics, preserve_torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
 def import_ultralytics_offline() -> Any:
-    """Import ``ultralytics`` with its network features (online checks, auto-install) switched off."""
-    offline_ultralytics_env()
-    return require("ultralytics", "yolo")
+    """Import ``ultralytics`` with its network features (online checks, auto-install) switched off.
+
+    Raises:
+        MissingExtraError: ultralytics is not installed (the message names the ``[yolo]`` extra).
+    """
+    try:
+        return import_ultralytics()
+    except ImportError as exc:
+        raise MissingExtraError(f"the yolo tag backend cannot run: {exc}") from exc
 
 
 def real_class_names(names: Mapping[int, str] | Sequence[str] | None) -> dict[int, str]:
