@@ -30,7 +30,9 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
+# The standalone C++ test (FM-index against brute force) first, then pytest.
 test: $(STAMP)
+	cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Release && cmake --build build/cpp -j2 && ctest --test-dir build/cpp --output-on-failure
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)
