@@ -32,14 +32,16 @@ from llama_index.core.llms.custom import CustomLLM
 from .backends import Generation, _Backend, load_backend, resolve_model
 from .images import image_from_block
 from .postprocess import short_answer
-from .prompt import HINTS_KWARG, build_vqa_message, check_question, format_hints
+from .prompt import DEFAULT_CLUE_WINDOW, HINTS_KWARG, build_vqa_message, check_question, format_hints
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = "You answer questions about images with one to three words."
 
 Tagger = Callable[[Any], Any]
-"""Image (PIL, RGB) -> hints: a formatted string (``"tiger cat, EMT"``) or a list of labels."""
+"""The tagger contract (``gemkr_llamaindex.tags.hint_tagger()``): any image input
+:func:`gemkr_llamaindex.images.load_image` accepts (here a decoded PIL image) -> a hint string
+(``"tiger cat, EMT"``) or None; a list of labels is accepted too."""
 
 
 class VQAReader(CustomLLM):
@@ -127,7 +129,8 @@ class VQAReader(CustomLLM):
         hints = []
         for image in images:
             tags = self.tagger(image)  # type: ignore[misc]
-            hints.append(tags if isinstance(tags, str) else ", ".join(tags))
+            if tags:
+                hints.append(tags if isinstance(tags, str) else ", ".join(tags))
         return "; ".join(h.strip() for h in hints if h and h.strip())
 
     def _generate(self, messages: Sequence[ChatMessage]) -> tuple[Generation, str | None]:
@@ -246,9 +249,16 @@ class VQAReader(CustomLLM):
         tags: str | Sequence[str] | None = None,
         max_words: int = 3,
         lowercase: bool = False,
+        context: str = "passage",
+        clue_window: int = DEFAULT_CLUE_WINDOW,
     ) -> str:
-        """Short answer to ``question`` about ``image_path`` from ``passages`` (nodes or NodeWithScore)."""
+        """Short answer to ``question`` about ``image_path`` from ``passages``.
+
+        ``passages`` are the retriever's ``NodeWithScore`` objects (or nodes), best first; plain strings
+        are refused (wrap them as ``TextNode(text=...)``). ``context="clue_window"`` reads the sentences
+        around each node's GeMKR clues instead of the passage head (see :mod:`reader.prompt`).
+        """
         question = check_question(question, image_path is not None)
-        message = build_vqa_message(question, image_path, passages, tags)
+        message = build_vqa_message(question, image_path, passages, tags, context=context, clue_window=clue_window)
         raw = self.chat([message]).message.content or ""
         return short_answer(raw, question, max_words=max_words, lowercase=lowercase)

@@ -1,16 +1,21 @@
 """``VQAQueryEngine``: retriever + reader, sending the *query image* to the reader first.
 
 LlamaIndex's ``CustomQueryEngine`` keeps only ``query_str`` and the stock multimodal synthesiser
-forwards retrieved images, not the query's; both lose what VQA needs. This engine keeps the whole
-``QueryBundle`` (``image_path`` included) for the retriever, and builds one user message
-``[ImageBlock(query image), TextBlock(instructions, passages, hints, question)]`` for the reader.
-The response's ``source_nodes`` are the retrieved ``NodeWithScore``s unchanged, so whatever the
-retriever stored in node metadata (GeMKR's generated clues, for instance) comes along.
+forwards retrieved images, not the query's; both lose what VQA needs. This engine turns each query
+into one :class:`~gemkr_llamaindex.llamaindex.query.VQAQueryBundle`: the picture is decoded once, the
+engine's tagger (the ``gemkr_llamaindex.tags.hint_tagger()`` contract) runs once on that decoded
+picture, and the tags travel inside the bundle to the retriever (so a GeMKR retriever or a tag-aware
+baseline does not tag again) and into the reader's prompt. The reader gets one user message
+``[ImageBlock(query image), TextBlock(instructions, passages, hints, question)]``. The response's
+``source_nodes`` are the retrieved ``NodeWithScore`` objects themselves, unchanged (whatever the
+retriever stored in node metadata, GeMKR's clues for instance, comes along), even when the reader only
+reads clue windows of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,24 +29,45 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType, PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from .images import load_image
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+
+from .images import check_image_path
 from .postprocess import short_answer
-from .prompt import DEFAULT_VQA_TEMPLATE, build_vqa_message, check_question
+from .prompt import DEFAULT_CLUE_WINDOW, DEFAULT_VQA_TEMPLATE, build_vqa_message, check_context, check_question
+
+Tagger = Callable[[Any], "str | None"]
+"""Any image input ``gemkr_llamaindex.images.load_image`` accepts -> a hint string or None; the engine
+calls it with the ``LoadedImage`` it decoded (``gemkr_llamaindex.tags.hint_tagger()`` is one)."""
+
+
+def _hint_text(tags: str | Sequence[str] | None) -> str | None:
+    if tags is None or isinstance(tags, str):
+        return tags
+    return ", ".join(t.strip() for t in tags if t and t.strip())
 
 
 class VQAQueryEngine(BaseQueryEngine):
     """Answer image + question queries with any LlamaIndex retriever and any chat LLM.
 
     Args:
-        retriever: any ``BaseRetriever``; it receives the ``QueryBundle`` as given (with ``image_path``).
+        retriever: any ``BaseRetriever``; it receives the query's ``VQAQueryBundle`` (question,
+            ``image_path``, the decoded picture, ``tags``).
         reader: a chat LLM that accepts ``ImageBlock``s; default ``VQAReader()`` (packaged SmolLM2).
         top_k: keep at most this many retrieved nodes (the retriever's own top-k still applies first).
-        tagger: image (PIL) -> hints ("tiger cat, EMT") written into the prompt for every reader.
+        tagger: the tagger contract (``gemkr_llamaindex.tags.hint_tagger()``): image -> hint string or
+            None, called once per query on the decoded picture unless the bundle already has ``tags``.
+            Its hints go to the retriever (``bundle.tags``) and into the prompt for every reader; when it
+            finds nothing, ``bundle.tags`` becomes "" (tagged, nothing found) so nobody tags again.
         template: prompt text with ``{passages}``, ``{hints}`` and ``{question}``.
         max_passage_chars: each passage is clipped to this many characters in the prompt.
+        context: ``"passage"`` (read each passage from its start) or ``"clue_window"`` (read the
+            sentences around its GeMKR clues, ``node.metadata["clues"]``; nodes without clues fall back to
+            the passage head); see :mod:`reader.prompt`.
+        clue_window: sentences kept on each side of a clue's sentence (default 1).
         max_words / lowercase: short-answer post-processing (see :func:`reader.postprocess.short_answer`).
         retrieve_with_hints: append the hints to the retriever's query text too (helps text retrievers
-            such as BM25, which cannot see the image; the paper likewise gives its text baselines captions).
+            such as a plain BM25, which read neither the image nor ``tags``; the paper likewise gives its
+            text baselines captions).
     """
 
     def __init__(
@@ -49,18 +75,21 @@ class VQAQueryEngine(BaseQueryEngine):
         retriever: BaseRetriever,
         reader: LLM | None = None,
         top_k: int | None = 5,
-        tagger: Callable[[Any], Any] | None = None,
+        tagger: Tagger | None = None,
         template: str = DEFAULT_VQA_TEMPLATE,
         max_passage_chars: int = 600,
         max_words: int = 3,
         lowercase: bool = False,
         retrieve_with_hints: bool = False,
+        context: str = "passage",
+        clue_window: int = DEFAULT_CLUE_WINDOW,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if not isinstance(retriever, BaseRetriever):
             raise TypeError(f"retriever must be a llama_index BaseRetriever, got {type(retriever).__name__}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        check_context(context, clue_window)
         if reader is None:
             from .llm import VQAReader
 
@@ -76,6 +105,8 @@ class VQAQueryEngine(BaseQueryEngine):
         self._max_words = max_words
         self._lowercase = lowercase
         self._retrieve_with_hints = retrieve_with_hints
+        self._context = context
+        self._clue_window = clue_window
         super().__init__(callback_manager=callback_manager)
 
     @staticmethod
@@ -104,9 +135,47 @@ class VQAQueryEngine(BaseQueryEngine):
     def _get_prompt_modules(self) -> PromptMixinType:
         return {}
 
+    # -- the query bundle --------------------------------------------------------------------------
+    def bundle(self, query: QueryBundle | str, tags: str | Sequence[str] | None = None) -> VQAQueryBundle:
+        """The query as the one ``VQAQueryBundle`` every step shares: checked, decoded once, tagged once.
+
+        A ``VQAQueryBundle`` passed in is used (and its ``tags`` filled) as it is; a plain
+        ``QueryBundle`` or string is converted. ``tags`` given here win over the bundle's and the tagger's.
+
+        Raises:
+            ValueError: empty question without an image, or an undecodable image.
+            FileNotFoundError: ``image_path`` names no file.
+        """
+        bundle = VQAQueryBundle.of(query)
+        check_question(bundle.query_str, bundle.has_image)
+        image = self._decode(bundle)
+        if tags is not None:
+            bundle.tags = _hint_text(tags)
+        elif bundle.tags is None and self._tagger is not None and image is not None:
+            bundle.tags = _hint_text(self._tagger(image)) or ""
+        return bundle
+
+    @staticmethod
+    def _decode(bundle: VQAQueryBundle) -> Any:
+        """The bundle's picture decoded (once; cached in the bundle), with errors that name the file."""
+        from gemkr_llamaindex.images import ImageLoadError
+
+        if not bundle.has_image:
+            return None
+        if bundle.image_path is not None:
+            check_image_path(bundle.image_path)
+        try:
+            return bundle.loaded_image()
+        except ImageLoadError as exc:
+            where = repr(str(bundle.image_path)) if bundle.image_path is not None else "(in-memory image)"
+            raise ValueError(
+                f"cannot decode query image {where} ({exc.reason}); "
+                "it must be an image file Pillow can read (JPEG, PNG, WebP, ...)"
+            ) from exc
+
     # -- retrieval and synthesis -------------------------------------------------------------------
     def retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        """The retriever's nodes for the bundle (image path included), cut to ``top_k``."""
+        """The retriever's nodes for the bundle (image and tags included), cut to ``top_k``."""
         nodes = self._retriever.retrieve(query_bundle)
         return list(nodes[: self._top_k] if self._top_k is not None else nodes)
 
@@ -119,28 +188,28 @@ class VQAQueryEngine(BaseQueryEngine):
     ) -> Response:
         """Ask the reader with the query image first and the ``nodes`` as numbered passages.
 
-        ``tags`` are the image's hints; when None they come from the engine's ``tagger`` (if any).
+        ``tags`` are the image's hints; when None they are the bundle's, or the engine's tagger's.
         """
-        if tags is None:
-            tags = self._hints(query_bundle)
-        return self._synthesize(query_bundle, nodes, tags, additional_source_nodes)
+        return self._synthesize(self.bundle(query_bundle, tags), nodes, additional_source_nodes)
 
     def _synthesize(
         self,
-        query_bundle: QueryBundle,
+        bundle: VQAQueryBundle,
         nodes: list[NodeWithScore],
-        tags: str | Sequence[str] | None,
         additional_source_nodes: Sequence[NodeWithScore] | None = None,
     ) -> Response:
-        image_path = query_bundle.image_path
-        question = check_question(query_bundle.query_str, image_path is not None)
+        image_path = bundle.image_path
+        question = check_question(bundle.query_str, bundle.has_image)
         message = build_vqa_message(
             question,
             image_path,
             nodes,
-            tags,
+            bundle.tags,
             template=self._template,
             max_passage_chars=self._max_passage_chars,
+            context=self._context,
+            clue_window=self._clue_window,
+            image=bundle.loaded_image() if image_path is None and bundle.has_image else None,
         )
         chat = self._reader.chat([message])
         raw = chat.message.content or ""
@@ -156,32 +225,20 @@ class VQAQueryEngine(BaseQueryEngine):
                 "raw_answer": raw,
                 "prompt": message.blocks[-1].text,
                 "message": message,
-                "hints": tags if tags is None or isinstance(tags, str) else ", ".join(tags),
+                "hints": bundle.tags,
+                "context": self._context,
                 "reader_prompt": reader_raw.get("prompt"),
             },
         )
 
-    def _hints(self, query_bundle: QueryBundle) -> str | Sequence[str] | None:
-        if self._tagger is None or query_bundle.image_path is None:
-            return None
-        return self._tagger(load_image(query_bundle.image_path))
-
-    def _run(self, query_bundle: QueryBundle, tags: str | Sequence[str] | None = None) -> Response:
-        # Fail on an empty query or a bad image before spending time on retrieval.
-        check_question(query_bundle.query_str, query_bundle.image_path is not None)
-        image = load_image(query_bundle.image_path) if query_bundle.image_path is not None else None
-        if tags is None and self._tagger is not None and image is not None:
-            tags = self._tagger(image)
-        retrieval_bundle = query_bundle
-        hint_text = tags if tags is None or isinstance(tags, str) else ", ".join(tags)
-        if self._retrieve_with_hints and hint_text and hint_text.strip():
-            retrieval_bundle = QueryBundle(
-                query_str=f"{query_bundle.query_str} {hint_text.strip()}".strip(),
-                image_path=query_bundle.image_path,
-                custom_embedding_strs=query_bundle.custom_embedding_strs,
-                embedding=query_bundle.embedding,
-            )
-        return self._synthesize(query_bundle, self.retrieve(retrieval_bundle), tags)
+    def _run(self, query_bundle: QueryBundle | str, tags: str | Sequence[str] | None = None) -> Response:
+        # One bundle per query; an empty query or a bad image fails here, before any retrieval.
+        bundle = self.bundle(query_bundle, tags)
+        retrieval_bundle = bundle
+        if self._retrieve_with_hints and bundle.tags and bundle.tags.strip():
+            retrieval_bundle = copy.copy(bundle)  # shares the decoded picture
+            retrieval_bundle.query_str = f"{bundle.query_str} {bundle.tags.strip()}".strip()
+        return self._synthesize(bundle, self.retrieve(retrieval_bundle))
 
     def _query(self, query_bundle: QueryBundle) -> Response:
         return self._run(query_bundle)
@@ -194,7 +251,7 @@ class VQAQueryEngine(BaseQueryEngine):
         self, question: str, image_path: str | Path | None = None, tags: str | Sequence[str] | None = None
     ) -> Response:
         """Query with ``question`` about ``image_path``, optionally with already-computed ``tags`` (hints)."""
-        bundle = QueryBundle(
+        bundle = VQAQueryBundle(
             query_str=question or "", image_path=str(image_path) if image_path is not None else None
         )
         if tags is None:

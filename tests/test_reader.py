@@ -18,11 +18,14 @@ from PIL import Image
 pytest.importorskip("llama_index.retrievers.bm25")
 pytest.importorskip("skimage")
 
+from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import QueryBundle, TextNode
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
 
+from gemkr_llamaindex.images import LoadedImage
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 from reader import VQAQueryEngine, VQAReader
 from reader.prompt import HINTS_PREFIX
 
@@ -41,8 +44,11 @@ COLOURS = {
 
 
 def dominant_colour(image: Any) -> str:
-    """A real, tiny tagger: the basic colour name nearest to the image's mean RGB."""
-    mean = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    """A real, tiny tagger with the tagger contract (any ``load_image`` input -> hint string): the basic
+    colour name nearest to the image's mean RGB."""
+    from gemkr_llamaindex.images import load_image
+
+    mean = np.asarray(load_image(image).image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
     name = min(COLOURS, key=lambda c: float(((mean - np.array(COLOURS[c])) ** 2).sum()))
     return f"{name} image"
 
@@ -59,6 +65,19 @@ class RecordingReader(VQAReader):
     @property
     def seen(self) -> list[list[ChatMessage]]:
         return self._seen
+
+
+class RecordingRetriever(BaseRetriever):
+    """Any retriever, keeping every bundle it was asked with (or fixed hits when ``inner`` is a list)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: list[QueryBundle] = []
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        self.seen.append(query_bundle)
+        return list(self.inner) if isinstance(self.inner, list) else self.inner.retrieve(query_bundle.query_str)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -215,3 +234,52 @@ def test_reader_answer_and_metadata(reader, wiki_nodes) -> None:
     assert "Eiffel" in answer and len(answer.split()) <= 3
     meta = reader.metadata
     assert meta.is_chat_model and meta.context_window >= 2048 and meta.num_output == 20
+
+
+def test_one_bundle_per_query_decoded_once_and_tagged_once(retriever, reader, cat_image, monkeypatch) -> None:
+    import gemkr_llamaindex.llamaindex.query as query_module
+
+    decodes, tagged = [], []
+    real_decode = query_module.load_image
+    monkeypatch.setattr(query_module, "load_image", lambda image: decodes.append(image) or real_decode(image))
+
+    def tagger(image: Any) -> str:  # the tagger contract: any load_image input -> hint string
+        tagged.append(image)
+        return dominant_colour(image)
+
+    spy = RecordingRetriever(retriever)
+    engine = VQAQueryEngine(spy, reader, top_k=2, tagger=tagger)
+    response = engine.query(QueryBundle(query_str="What family does this cat belong to?", image_path=str(cat_image)))
+    assert len(decodes) == 1 and len(tagged) == 1 and isinstance(tagged[0], LoadedImage)
+    (bundle,) = spy.seen
+    assert isinstance(bundle, VQAQueryBundle) and bundle.image_path == str(cat_image)
+    assert bundle.tags == dominant_colour(cat_image) == response.metadata["hints"]  # tags travel in the bundle
+    assert bundle.loaded_image() is tagged[0]  # the retriever gets the picture already decoded
+    assert len(decodes) == 1
+
+    # a bundle that brings its own tags is neither re-tagged nor re-decoded by the engine's tagger
+    given = VQAQueryBundle(query_str="What family does this cat belong to?", image_path=str(cat_image), tags="cat")
+    engine.query(given)
+    assert spy.seen[-1] is given and given.tags == "cat" and len(tagged) == 1
+    # a tagger that finds nothing leaves "" (tagged, nothing found), so a retriever with a tagger skips it
+    VQAQueryEngine(spy, reader, top_k=1, tagger=lambda image: None).query(
+        QueryBundle(query_str="What is this?", image_path=str(cat_image)))
+    assert spy.seen[-1].tags == ""
+
+
+def test_clue_windows_shorten_the_prompt_and_leave_source_nodes_unchanged(reader, wiki_nodes) -> None:
+    from reader.prompt import split_sentences
+
+    cat = next(n for n in wiki_nodes if n.node_id == "Cat").model_copy(deep=True)
+    sentence = next(s for s in split_sentences(" ".join(cat.text.split())) if "Felidae" in s)
+    cat.metadata["clues"] = [{"text": " ".join(sentence.split()[:4]), "score": -0.3, "logprob": -1.2}]
+    hits = [NodeWithScore(node=cat, score=-0.3)]
+    before = (cat.text, dict(cat.metadata), cat.hash)
+    question = "Which family of mammals does the cat belong to?"
+    windowed = VQAQueryEngine(RecordingRetriever(hits), reader, top_k=3, context="clue_window", clue_window=0)
+    response = windowed.query(question)
+    assert response.source_nodes[0] is hits[0] and (cat.text, dict(cat.metadata), cat.hash) == before
+    assert response.metadata["context"] == "clue_window" and sentence in response.metadata["prompt"]
+    whole = VQAQueryEngine(RecordingRetriever(hits), reader, top_k=3).synthesize(QueryBundle(question), hits)
+    assert len(response.metadata["prompt"]) < len(whole.metadata["prompt"])
+    assert response.response and len(response.response.split()) <= 3
