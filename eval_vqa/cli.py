@@ -3,10 +3,12 @@
     eval-vqa retrieval --dataset mini --retrievers bm25,dense --k 1 5 10 --out runs/mini
     eval-vqa retrieval --dataset okvqa-gs112k --data-dir data/okvqa --retrievers bm25,dense,clip,li \\
         --clip-model ViT-L-14 --clip-pretrained /path/to/clip.bin --out runs/gs112k
-    eval-vqa e2e --dataset mini --retrievers bm25 --answerer top-title --reader-k 5 --out runs/mini-e2e
+    eval-vqa e2e --dataset mini --retrievers bm25,gemkr,gemkr+bm25,gold --answerer reader --reader-k 3 \\
+        --out runs/mini-e2e
 
-Other retrievers/answerers (``gemkr``, the VQA reader) plug in through :mod:`eval_vqa.registry`; a
-module named with ``--plugin`` is imported first so that it can register them.
+Registered retrievers and answerers live in :mod:`eval_vqa.registry` (``gold`` is an oracle: it reads
+the gold documents, an upper bound); a module named with ``--plugin`` is imported first so that it
+can register more.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     from .loaders import DATASETS
 
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset format/name")
-    p.add_argument("--data-dir", help="folder with the dataset files (not needed for 'mini')")
+    p.add_argument("--data-dir", help="folder with the dataset files (not needed for 'mini', 'mini-text')")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="loader argument, e.g. queries=val.json, corpus=psgs.tsv, task=OKVQA (repeatable)")
     p.add_argument("--retrievers", default="bm25,dense", help="comma-separated registered retriever names")
@@ -63,8 +65,14 @@ def _add_commands(sub) -> None:
     _add_common(r)
     e = sub.add_parser("e2e", help="retrieve, answer with an answerer, score VQA accuracy")
     _add_common(e)
-    e.add_argument("--answerer", default="top-title", help="registered answerer name")
+    e.add_argument("--answerer", default="top-title", help="registered answerer name (reader, top-title, ...)")
     e.add_argument("--reader-k", type=int, default=5, help="passages given to the answerer")
+    e.add_argument("--reader-context", choices=("passage", "clue_window"),
+                   help="what the reader reads of each passage: all of it (default) or the sentences around "
+                        "GeMKR's clues (--option reader_window=N sentences each side, default 1)")
+    e.add_argument("--vqa-normalize", choices=("official", "always"), default="official",
+                   help="VQA accuracy normalisation: the official evaluator's (only when the references "
+                        "disagree; default) or always")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
         }.items() if value is not None
     }
     options.update(_key_values(args.option, "--option"))
+    if getattr(args, "reader_context", None):
+        options["reader_context"] = args.reader_context
     config = RunConfig(
         dataset=args.dataset, retrievers=retrievers, ks=sorted(set(args.k)), relevance=args.relevance,
         limit=args.limit, max_docs=args.max_docs, seed=args.seed, tags=args.tags, options=options,
         answerer=getattr(args, "answerer", None), reader_k=getattr(args, "reader_k", None),
+        vqa_normalize=getattr(args, "vqa_normalize", "official"),
     )
     try:
         dataset = load_dataset(args.dataset, args.data_dir, **_key_values(args.dataset_option, "--dataset-option"))

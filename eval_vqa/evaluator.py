@@ -15,6 +15,7 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.evaluation.retrieval.base import RetrievalEvalMode, RetrievalEvalResult
 from llama_index.core.evaluation.retrieval.evaluator import RetrieverEvaluator
 from llama_index.core.evaluation.retrieval.metrics_base import RetrievalMetricResult
+from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
@@ -47,13 +48,29 @@ class VQARetrieverEvaluator(RetrieverEvaluator):
         if self.node_postprocessors:
             for post in self.node_postprocessors:
                 nodes = post.postprocess_nodes(nodes, query_bundle=bundle)
+        return self.score_nodes(bundle, nodes, expected_ids, expected_texts, mode)
+
+    def score_nodes(
+        self,
+        query: QueryBundle | str,
+        nodes: list[NodeWithScore],
+        expected_ids: list[str],
+        expected_texts: list[str] | None = None,
+        mode: RetrievalEvalMode = RetrievalEvalMode.TEXT,
+    ) -> RetrievalEvalResult:
+        """Score already retrieved (and postprocessed) ``nodes`` for ``query``.
+
+        What :meth:`aevaluate` does after retrieving; the end-to-end runner retrieves itself, because
+        the answerer needs the nodes (with their metadata), not only their ids and texts.
+        """
+        bundle = VQAQueryBundle.of(query)
         ids = [n.node.node_id for n in nodes]
         texts = [n.node.get_content() for n in nodes]
         scores = retrieval_scores(texts, ids, expected_texts or [], expected_ids, self.ks, self.relevance_modes)
         metric_dict = {name: RetrievalMetricResult(score=value) for name, value in scores.items()}
         for metric in self.metrics:
-            metric_dict[metric.metric_name] = metric.compute(query, expected_ids, ids, expected_texts, texts)
+            metric_dict[metric.metric_name] = metric.compute(bundle.query_str, expected_ids, ids, expected_texts, texts)
         return RetrievalEvalResult(
-            query=query, expected_ids=expected_ids, expected_texts=expected_texts, retrieved_ids=ids,
+            query=bundle.query_str, expected_ids=expected_ids, expected_texts=expected_texts, retrieved_ids=ids,
             retrieved_texts=texts, mode=mode, metric_dict=metric_dict,
         )

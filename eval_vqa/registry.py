@@ -1,15 +1,18 @@
 """Pluggable registries: retriever and answerer factories by name.
 
-Built in: retrievers ``bm25``, ``dense``, ``clip``, ``li``; answerer ``top-title``. Others plug in
-without touching this package::
+Built in: retrievers ``bm25``, ``dense``, ``clip``, ``li``, ``gemkr``, ``gemkr+bm25`` (reciprocal rank
+fusion) and the oracle ``gold``; answerers ``reader`` (the VQA reader) and ``top-title``. Others plug
+in without touching this package::
 
     from eval_vqa.registry import register_retriever
-    register_retriever("gemkr", lambda docs, opts: GeMKRRetriever(...), uses_tags=True)
+    register_retriever("mine", lambda docs, opts: MyRetriever(docs, top_k=opts["top_k"]), uses_tags=True)
 
 A retriever factory takes ``(docs, options)``: ``docs`` a list of ``(doc_id, text)``, ``options`` a
-dict with at least ``top_k`` and ``use_tags`` plus any ``--option key=value`` from the CLI, and
-returns a LlamaIndex ``BaseRetriever`` whose nodes' ``id_`` are the corpus doc ids. An answerer
-factory takes ``options`` and returns a callable ``answer(AnswerRequest) -> str``.
+dict with at least ``top_k`` and ``use_tags`` plus any ``--option key=value`` from the CLI (and, for
+an oracle, ``gold``: ``{(question, image_path): gold doc ids}``), and returns a LlamaIndex
+``BaseRetriever`` whose nodes' ``id_`` are the corpus doc ids. An answerer factory takes ``options``
+and returns a callable ``answer(AnswerRequest) -> str``; the request holds the retrieved
+``NodeWithScore`` objects, best first, exactly as the retriever returned them.
 """
 
 from __future__ import annotations
@@ -18,19 +21,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_index.core.schema import NodeWithScore
+
 RetrieverFactory = Callable[[list, dict], Any]
 
 
 @dataclass
 class AnswerRequest:
-    """What an answerer gets: the question, the query image path, retrieved passages (best first)."""
+    """What an answerer gets: the question, the query image path, the retrieved nodes (best first).
+
+    ``nodes`` are the retriever's ``NodeWithScore`` objects, cut to ``--reader-k``, with their metadata
+    (GeMKR's ``clues``, for instance); a reader takes them as they are (``VQAReader.answer(...,
+    passages=req.nodes)``). ``passages`` and ``passage_ids`` are their texts and doc ids, for answerers
+    that only need strings.
+    """
 
     question: str
     image_path: str | None
-    passages: list[str]
-    passage_ids: list[str]
+    nodes: list[NodeWithScore]
     tags: str | None = None
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [type(n).__name__ for n in self.nodes if not isinstance(n, NodeWithScore)]
+        if bad:
+            raise TypeError(f"AnswerRequest.nodes takes the retriever's NodeWithScore objects, got {bad[0]}; "
+                            "wrap plain texts as NodeWithScore(node=TextNode(text=...))")
+
+    @property
+    def passages(self) -> list[str]:
+        return [n.node.get_content() for n in self.nodes]
+
+    @property
+    def passage_ids(self) -> list[str]:
+        return [n.node.node_id for n in self.nodes]
 
 
 Answerer = Callable[[AnswerRequest], str]
@@ -43,6 +67,7 @@ class RetrieverEntry:
     uses_tags: bool
     uses_image: bool
     description: str
+    oracle: bool = False
 
 
 RETRIEVERS: dict[str, RetrieverEntry] = {}
@@ -50,15 +75,17 @@ ANSWERERS: dict[str, tuple[AnswererFactory, str]] = {}
 
 
 def register_retriever(name: str, factory: RetrieverFactory, *, uses_tags: bool = False, uses_image: bool = True,
-                       description: str = "", overwrite: bool = False) -> None:
+                       description: str = "", oracle: bool = False, overwrite: bool = False) -> None:
     """Add a retriever factory under ``name``.
 
     ``uses_tags``: the retriever reads visual tags (its label gets ``+tags`` in tagged runs);
-    ``uses_image``: it reads ``QueryBundle.image_path`` (text-only retrievers skip writing image files).
+    ``uses_image``: it reads ``QueryBundle.image_path`` (text-only retrievers skip writing image files);
+    ``oracle``: it reads the gold annotations (``options["gold"]``), so its rows are upper bounds, and
+    their labels say ``(oracle)``.
     """
     if name in RETRIEVERS and not overwrite:
         raise ValueError(f"retriever {name!r} is already registered (pass overwrite=True to replace it)")
-    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description)
+    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description, oracle)
 
 
 def register_answerer(name: str, factory: AnswererFactory, *, description: str = "", overwrite: bool = False) -> None:
@@ -115,6 +142,29 @@ def _li(docs: list, o: dict):
                                     device=o.get("device", "cpu"), show_progress=o.get("progress", False))
 
 
+def _gold(docs: list, o: dict):
+    from .baselines.oracle import GoldOracleRetriever
+
+    if "gold" not in o:
+        raise ValueError("the 'gold' oracle reads the run's gold annotations; it runs inside eval-vqa runs only")
+    return GoldOracleRetriever(docs, o["gold"], similarity_top_k=o["top_k"])
+
+
+def _gemkr_factory(docs: list, o: dict):
+    from .gemkr import gemkr_retriever
+
+    return gemkr_retriever(docs, o)
+
+
+def _gemkr_bm25(docs: list, o: dict):
+    """GeMKR and BM25 fused by reciprocal rank (LlamaIndex ``QueryFusionRetriever``, no query generation)."""
+    from .fusion import MultimodalFusionRetriever
+    from .gemkr import gemkr_retriever
+
+    return MultimodalFusionRetriever([gemkr_retriever(docs, o), _bm25(docs, o)], similarity_top_k=o["top_k"],
+                                     mode="reciprocal_rerank", num_queries=1, use_async=False)
+
+
 def _top_title(options: dict) -> Answerer:
     """Floor baseline: answer with the top passage's doc id (a Wikipedia title in the mini benchmark)."""
 
@@ -124,29 +174,34 @@ def _top_title(options: dict) -> Answerer:
     return answer
 
 
-def _gemkr_factory(docs: list, o: dict):
-    from .gemkr import gemkr_retriever
-
-    return gemkr_retriever(docs, o)
-
-
 def _reader(options: dict) -> Answerer:
-    """The VQA reader (packaged SmolLM2-135M-Instruct unless ``--option reader_model=DIR``)."""
+    """The VQA reader: packaged SmolLM2-135M-Instruct unless ``--option reader_model=DIR``.
+
+    It reads the request's nodes as they came from the retriever: ``--reader-context clue_window``
+    (``--option reader_window=N`` sentences each side) reads the sentences around GeMKR's clues.
+    """
     from reader import VQAReader
 
-    vqa = VQAReader(model=options.get("reader_model", "smollm2"))
+    vqa = VQAReader(model=options.get("reader_model", "smollm2"),
+                    max_new_tokens=int(options.get("reader_max_new_tokens", 20)))
+    context = options.get("reader_context", "passage")
+    window = int(options.get("reader_window", 1))
 
     def answer(req: AnswerRequest) -> str:
-        return vqa.answer(req.question, image_path=req.image_path, passages=req.passages, tags=req.tags)
+        return vqa.answer(req.question, image_path=req.image_path, passages=req.nodes, tags=req.tags,
+                          context=context, clue_window=window)
 
     return answer
 
 
-register_retriever("gemkr", _gemkr_factory, uses_tags=True, description="GeMKR clues by constrained decoding (zero-shot "
-                   "SmolLM2 unless --option checkpoint=DIR)")
-register_answerer("reader", _reader, description="VQA reader (SmolLM2-135M-Instruct by default)")
 register_retriever("bm25", _bm25, uses_tags=True, uses_image=False, description="BM25 (bm25s) over passage text")
 register_retriever("dense", _dense, uses_tags=True, uses_image=False, description="all-MiniLM-L6-v2 cosine")
 register_retriever("clip", _clip, description="open_clip image -> passage text")
 register_retriever("li", _li, uses_tags=True, description="late interaction MaxSim (PreFLMR-style, small)")
+register_retriever("gemkr", _gemkr_factory, uses_tags=True, description="GeMKR clues by constrained decoding "
+                   "(zero-shot SmolLM2 unless --option checkpoint=DIR)")
+register_retriever("gemkr+bm25", _gemkr_bm25, uses_tags=True, description="GeMKR and BM25 fused by reciprocal "
+                   "rank (LlamaIndex QueryFusionRetriever)")
+register_retriever("gold", _gold, oracle=True, description="oracle: the query's gold documents (an upper bound)")
+register_answerer("reader", _reader, description="VQA reader (SmolLM2-135M-Instruct by default)")
 register_answerer("top-title", _top_title, description="top passage's doc id (floor baseline)")

@@ -77,7 +77,8 @@ def test_resume_skips_done_queries_and_rejects_changed_settings(mini, tmp_path):
     full = per_query.read_text().splitlines(keepends=True)
     assert len(full) == 12
     per_query.write_text("".join(full[:5]) + full[5][:20])  # interrupted mid-write
-    again = run_retrieval(mini, cfg, out, progress=False)
+    with pytest.warns(UserWarning, match="per_query.jsonl: dropped 1 torn line"):
+        again = run_retrieval(mini, cfg, out, progress=False)
     recs = lines(per_query)
     assert len(recs) == 12 and len({r["qid"] for r in recs}) == 12
     def no_latency(summary):
@@ -161,3 +162,118 @@ def test_register_adds_gemkr_eval_subcommand(tmp_path):
     args = parser.parse_args(["eval", "retrieval", "--dataset", "jsonl", "--data-dir", str(FIX / "jsonl"),
                               "--retrievers", "bm25", "--k", "1", "--out", str(tmp_path / "g"), "--no-progress"])
     assert args.func(args) == 0 and (tmp_path / "g" / "results.md").is_file()
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: a 135M reader is faster that way on a small shared CPU (see test_reader)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cli_e2e_reader_reads_nodes_beside_the_gold_oracle(tmp_path, capsys, one_torch_thread):
+    # The README command on 2 mini items with the real packaged reader (SmolLM2), plus the oracle row.
+    out = tmp_path / "x"
+    rc = main(["e2e", "--dataset", "mini", "--retrievers", "bm25,gold", "--answerer", "reader", "--reader-k", "3",
+               "--limit", "2", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "| bm25 -> reader |" in printed and "| gold (oracle) -> reader |" in printed
+    assert "normalisation `official`" in printed and "upper bound" in printed
+    recs = lines(out / "per_query.jsonl")
+    assert len(recs) == 4 and {r["qid"] for r in recs} == {"mini-001", "mini-002"}
+    for r in recs:
+        assert r["prediction"].strip() and len(r["prediction"].split()) <= 3
+        assert r["answer_latency_s"] > 0 and r["retrieval_latency_s"] >= 0
+        assert {"VQA acc (leave-one-out)", "EM (VQA-normalised)"} <= set(r["metrics"])
+    gold = [r for r in recs if r["retriever"] == "gold (oracle) -> reader"]
+    assert all(r["retrieved_ids"] == ["Cat"] and r["metrics"]["R@1 (gold)"] == 1.0 for r in gold)
+    assert [r["retrieved_ids"] for r in recs if r["retriever"] == "bm25 -> reader"][0].__len__() == 3
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["vqa_normalize"] == "official"
+    assert results["retrievers"]["bm25 -> reader"]["answer_ms_mean"] > 0
+
+
+def test_e2e_gives_the_answerer_nodes_and_adds_an_oracle_row(mini, tmp_path):
+    seen = []
+
+    def factory(options):
+        def answer(req):
+            seen.append(req)
+            return req.passage_ids[0] if req.nodes else ""
+        return answer
+
+    register_answerer("record-nodes", factory, overwrite=True)
+    cfg = RunConfig(dataset="mini", retrievers=["bm25", "gold"], ks=[1, 5], max_docs=60, limit=6,
+                    answerer="record-nodes", reader_k=3)
+    res = run_e2e(mini, cfg, tmp_path / "e2e", progress=False, image_cache=tmp_path / "img")
+    assert set(res["retrievers"]) == {"bm25 -> record-nodes", "gold (oracle) -> record-nodes"}
+    assert all(isinstance(n, NodeWithScore) for req in seen for n in req.nodes)
+    assert all(len(req.nodes) == 3 for req in seen[:6])  # bm25 rows: reader_k nodes
+    for req, q in zip(seen[6:], mini.queries[:6]):  # oracle rows: the gold documents, in annotation order
+        assert req.passage_ids == q.gold_doc_ids[:3] and req.image_path.endswith(".png")
+    oracle = res["retrievers"]["gold (oracle) -> record-nodes"]
+    assert oracle["R@5 (gold)"] == 1.0 and oracle["EM (VQA-normalised)"] == 0.0  # titles are not answers
+    md = (tmp_path / "e2e" / "results.md").read_text()
+    assert "| gold (oracle) -> record-nodes |" in md and "upper bound" in md
+    with pytest.raises(TypeError, match="NodeWithScore"):
+        from eval_vqa.registry import AnswerRequest
+
+        AnswerRequest("q", None, ["a passage"])  # type: ignore[list-item]
+
+
+def test_gold_oracle_needs_gold_ids(tmp_path):
+    from eval_vqa.loaders import VQADataset, VQAQuery
+
+    # OK-VQA style: answers only, no gold documents
+    ds = VQADataset("nogold", [VQAQuery("q1", "What colour is a banana?", None, ["yellow"])],
+                    lambda: iter([("d1", "Bananas are yellow."), ("d2", "Cherries are red.")]))
+    cfg = RunConfig(dataset="nogold", retrievers=["gold"], ks=[1], answerer="top-title", reader_k=1)
+    with pytest.raises(ValueError, match="gold document ids"):
+        run_e2e(ds, cfg, tmp_path / "o", progress=False, image_cache=tmp_path / "img")
+
+
+def test_torn_tags_tail_is_dropped_and_tagged_again(tmp_path, monkeypatch):
+    import gemkr_llamaindex.tags as tags_module
+
+    tagged = []
+
+    def hint_tagger(backends):  # the tagger contract: image -> hint string or None
+        assert backends == ["fake"]
+        return lambda image: tagged.append(image) or f"tag{len(tagged)}"
+
+    monkeypatch.setattr(tags_module, "hint_tagger", hint_tagger)
+    ds = load_dataset("jsonl", FIX / "jsonl")  # j1, j2 have images, j3 has none
+    cfg = RunConfig(dataset="jsonl", retrievers=["bm25"], ks=[1], tags="fake")
+    run_retrieval(ds, cfg, tmp_path / "t", progress=False)
+    cache = tmp_path / "t" / "tags.jsonl"
+    assert [r["qid"] for r in lines(cache)] == ["j1", "j2"] and len(tagged) == 2
+    cache.write_text(cache.read_text()[:-9])  # interrupted mid-line: j2's record is torn
+    (tmp_path / "t" / "per_query.jsonl").unlink()  # so that the retrievals run again too
+    with pytest.warns(UserWarning, match="tags.jsonl: dropped 1 torn line"):
+        again = run_retrieval(ds, cfg, tmp_path / "t", progress=False)
+    assert len(tagged) == 3  # only j2 was tagged again
+    assert [(r["qid"], r["tags"]) for r in lines(cache)] == [("j1", "tag1"), ("j2", "tag3")]
+    assert again["retrievers"]["bm25+tags"]["n_queries"] == 3
+
+
+def test_latency_plot_uses_a_log_axis_with_value_labels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eval_vqa.report import latency_figure
+
+    fig = latency_figure({"bm25": {"latency_ms_mean": 2.0}, "gemkr": {"latency_ms_mean": 3100.0},
+                          "dense": {"latency_ms_mean": 0.4}})
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["2.0 ms", "3.1 s", "0.40 ms"]
+    assert ax.get_xlim()[0] < 0.4 and ax.get_xlim()[1] > 3100
+    plt.close(fig)

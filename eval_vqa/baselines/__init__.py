@@ -14,6 +14,7 @@ _EXPORTS = {
     "DenseTextRetriever": "dense",
     "CLIPImageTextRetriever": "clip",
     "LateInteractionRetriever": "late_interaction",
+    "GoldOracleRetriever": "oracle",
     "register_tiny_clip": "clip",
 }
 
