@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from eval_vqa.loaders import (
     load_dataset,
 )
 from eval_vqa.loaders.okvqa import coco_image_name
+from eval_vqa.mini import MINI_TEXT_PATH, load_mini_benchmark
 
 FIX = Path(__file__).parent / "fixtures" / "eval_vqa"
 
@@ -130,6 +132,23 @@ def test_mini_dataset_uses_wiki_corpus():
     assert len(corpus) == 5
 
 
+def test_mini_text_split_mirrors_mini():
+    mini, text = load_dataset("mini"), load_dataset("mini-text")
+    assert text.name == "mini-text" and len(text.queries) == len(mini.queries) == 41
+    by_id = {q.qid: q for q in mini.queries}
+    deictic = re.compile(r"\b(this|these|here|pictured|shown)\b", re.IGNORECASE)
+    for q in text.queries:
+        assert q.qid.endswith("-text") and q.image is None and q.image_path() is None
+        original = by_id[q.qid.removesuffix("-text")]
+        assert q.answers == original.answers and q.gold_doc_ids == original.gold_doc_ids
+        assert q.question != original.question and q.question.endswith("?")
+        assert not deictic.search(q.question), f"{q.qid} still points at the picture: {q.question!r}"
+    assert by_id["mini-001"].question == "What family of mammals does this animal belong to?"
+    assert text.queries[0].question == "What family of mammals does the cat belong to?"
+    assert next(text.corpus()) == next(mini.corpus())  # the same Wikipedia corpus
+    assert load_mini_benchmark(MINI_TEXT_PATH)[0]["image"] is None
+
+
 def test_missing_files_and_dirs_are_named(tmp_path):
     d = copy_fixture("okvqa", tmp_path)
     (d / "okvqa_full_corpus.csv").unlink()
@@ -141,7 +160,7 @@ def test_missing_files_and_dirs_are_named(tmp_path):
         load_dataset("vqa-v9", d)
     with pytest.raises(ValueError, match="needs --data-dir"):
         load_dataset("remuq")
-    assert set(DATASETS) >= {"mini", "okvqa-gs112k", "okvqa-wk21m", "gemkr-json", "remuq", "m2kr", "jsonl"}
+    assert set(DATASETS) >= {"mini", "mini-text", "okvqa-gs112k", "okvqa-wk21m", "gemkr-json", "remuq", "m2kr", "jsonl"}
 
 
 def test_wrong_csv_columns_and_fields(tmp_path):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from gemkr_llamaindex.images import PackagedImageError, load_packaged_image, packaged_image_path
 from eval_vqa.mini import load_mini_benchmark
 from gemkr_llamaindex import assets
+from gemkr_llamaindex.images import PackagedImageError, load_packaged_image, packaged_image_path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ Query lines: ``{"id", "question", "answers", "gold_doc_ids", "image"}`` where ``
 (relative paths resolve against the JSONL's folder). Corpus lines: ``{"id", "text"}``.
 
 ``load_mini`` is the shipped mini benchmark with the 10,033 packaged Wikipedia summaries as corpus
-(doc id = title).
+(doc id = title); ``load_mini_text`` its text-only split (the same 41 questions, each rewritten once
+by hand to name the pictured entity: ``image`` null, ids suffixed ``-text``).
 """
 
 from __future__ import annotations
@@ -77,15 +78,28 @@ def load_jsonl(data_dir: str | Path, queries: str = "queries.jsonl", corpus: str
     return VQADataset("jsonl", load_jsonl_queries(data_dir / queries), lambda: iter_jsonl_corpus(corpus_path))
 
 
+def _wiki_corpus() -> Iterator[tuple[str, str]]:
+    from gemkr_llamaindex.assets import wiki_summaries
+
+    return iter(wiki_summaries())
+
+
 def load_mini(data_dir: str | Path | None = None, queries: str | None = None) -> VQADataset:
     """The shipped mini benchmark; corpus = the packaged Wikipedia summaries (doc id = title)."""
     from ..mini import MINI_PATH
 
-    path = Path(data_dir) / (queries or "mini_vqa.jsonl") if data_dir is not None else MINI_PATH
+    path = Path(data_dir) / (queries or MINI_PATH.name) if data_dir is not None else MINI_PATH
+    return VQADataset("mini", load_jsonl_queries(path), _wiki_corpus, "mini benchmark over 10,033 Wikipedia summaries")
 
-    def corpus() -> Iterator[tuple[str, str]]:
-        from gemkr_llamaindex.assets import wiki_summaries
 
-        return iter(wiki_summaries())
+def load_mini_text(data_dir: str | Path | None = None, queries: str | None = None) -> VQADataset:
+    """The mini benchmark's text-only split: each question names the pictured entity, no image.
 
-    return VQADataset("mini", load_jsonl_queries(path), corpus, "mini benchmark over 10,033 Wikipedia summaries")
+    Same answers and gold doc ids as ``mini`` (query ids ``<mini id>-text``), same corpus; it measures
+    what the picture adds, and gives text-only systems a fair version of the questions.
+    """
+    from ..mini import MINI_TEXT_PATH
+
+    path = Path(data_dir) / (queries or MINI_TEXT_PATH.name) if data_dir is not None else MINI_TEXT_PATH
+    return VQADataset("mini-text", load_jsonl_queries(path), _wiki_corpus,
+                      "mini benchmark, text-only questions, over 10,033 Wikipedia summaries")
