@@ -43,18 +43,18 @@ def packaged_coffee_photo() -> Path:
 
 
 def build_tagger():
-    """ImageNet labels + OCR text as one hints string, or None when the tags extra is missing."""
+    """The tagger contract (any image input -> hint string or None): ImageNet labels + OCR text from
+    ``gemkr_llamaindex.tags.hint_tagger()``, or None when the tags extra is missing."""
     try:
-        from gemkr_llamaindex.tags import MissingExtraError, default_tagger, format_tags
+        from gemkr_llamaindex.tags import MissingExtraError, hint_tagger
     except ImportError as exc:
         print(f"(no tagger: {exc})", file=sys.stderr)
         return None
     try:
-        tagger = default_tagger()
+        return hint_tagger()
     except MissingExtraError as exc:
         print(f"(no tagger: {exc})", file=sys.stderr)
         return None
-    return lambda image: format_tags(tagger.tag(image))
 
 
 def evaluate_mini(retriever, reader, tagger, summaries: dict[str, str], top_k: int) -> None:
@@ -65,11 +65,10 @@ def evaluate_mini(retriever, reader, tagger, summaries: dict[str, str], top_k: i
     """
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-    from gemkr_llamaindex.images import packaged_image_path
     from eval_vqa.metrics import exact_match
     from eval_vqa.mini import load_mini_benchmark
+    from gemkr_llamaindex.images import packaged_image_path
     from reader import VQAQueryEngine
-    from reader.images import load_image
 
     plain = VQAQueryEngine(retriever, reader, top_k=top_k)
     hinted = VQAQueryEngine(retriever, reader, top_k=top_k, retrieve_with_hints=True)
@@ -78,7 +77,7 @@ def evaluate_mini(retriever, reader, tagger, summaries: dict[str, str], top_k: i
     for item in items:
         path = str(packaged_image_path(item["image"]["package"], item["image"]["name"]))
         if path not in hints:
-            hints[path] = tagger(load_image(path)) if tagger is not None else None
+            hints[path] = tagger(path) if tagger is not None else None
     settings = ["gold", "bm25"] + (["gold+hints", "bm25+hints"] if tagger is not None else [])
     print(f"\nmini benchmark: {len(items)} items; exact match (VQA normalisation) of the short answer")
     for setting in settings:

@@ -228,6 +228,7 @@ class VQAQueryEngine(BaseQueryEngine):
                 "hints": bundle.tags,
                 "context": self._context,
                 "reader_prompt": reader_raw.get("prompt"),
+                "reader_input_tokens": reader_raw.get("num_input_tokens"),
             },
         )
 
