@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kb_reference import ReferenceKB
 
-from gemkr_llamaindex.kb import KnowledgeBase
+from gemkr_llamaindex.kb import END, KnowledgeBase
 
 SMALL_V, LARGE_V = 50, 70_000
 _TOKENIZERS = {}
@@ -80,9 +80,14 @@ def check_stateful(kb: KnowledgeBase, ref: ReferenceKB, qs) -> None:
         for j, i in enumerate(live):
             sl = children.of(j)
             prefix = qs[i][:step]
-            assert children.tokens[sl].tolist() == ref.next_tokens(prefix)
-            for tok, cnt, child in zip(children.tokens[sl], children.counts[sl], children.states[sl]):
+            assert children.tokens[sl].tolist() == ref.continuations(prefix)
+            for tok, cnt, child, uniq in zip(children.tokens[sl], children.counts[sl], children.states[sl],
+                                             children.unique[sl]):
+                if tok == END:  # the clue ends at a document's end
+                    assert cnt == ref.clue_count(prefix, end=True) and uniq == ref.clue_unique(prefix, end=True)
+                    continue
                 assert cnt == ref.count(prefix + [int(tok)])
+                assert uniq == ref.unique_doc_index(prefix + [int(tok)])
                 np.testing.assert_array_equal(child, kb.state(prefix + [int(tok)])[0])
         tokens = np.array([qs[i][step] for i in live])
         new = kb.extend(states[live], tokens)

@@ -5,10 +5,12 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gemkr/fm_index.hpp"
 #include "gemkr/shard_set.hpp"
+#include "gemkr/xxh64.hpp"
 
 namespace py = pybind11;
 using gemkr::ShardSet;
@@ -24,7 +26,9 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
   return py::array_t<T>({py::ssize_t(heap->size())}, {py::ssize_t(sizeof(T))}, heap->data(), owner);
 }
 
-// States arrive as (B, S, 2) int64; check the shape and that every range lies inside its shard.
+// States arrive as (B, S, 2) int64; check the shape and that every range lies inside its shard. An
+// entry is a range (lo, hi >= 0) or a terminal one (~lo, ~hi: both negative, lo < hi); a terminal state
+// has no non-empty plain entry.
 int64_t check_states(const ShardSet& set, const I64Array& states) {
   const size_t S = set.n_shards();
   if (states.ndim() != 3 || size_t(states.shape(1)) != S || states.shape(2) != 2)
@@ -32,14 +36,39 @@ int64_t check_states(const ShardSet& set, const I64Array& states) {
                           std::to_string(states.ndim()));
   const int64_t B = states.shape(0);
   const int64_t* p = states.data();
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < B; ++b) {
+    bool plain = false, term = false;
     for (size_t s = 0; s < S; ++s) {
-      const int64_t lo = p[(b * S + s) * 2], hi = p[(b * S + s) * 2 + 1];
-      if (lo < 0 || hi < 0 || uint64_t(lo) > set.shard(s).n_rows() || uint64_t(hi) > set.shard(s).n_rows())
+      int64_t lo = p[(b * S + s) * 2], hi = p[(b * S + s) * 2 + 1];
+      const uint64_t n = set.shard(s).n_rows();
+      bool ok;
+      if (lo < 0 && hi < 0) {
+        lo = ~lo;
+        hi = ~hi;
+        ok = lo < hi && uint64_t(hi) <= n;
+        term = true;
+      } else {
+        ok = lo >= 0 && hi >= 0 && uint64_t(lo) <= n && uint64_t(hi) <= n;
+        plain = plain || hi > lo;
+      }
+      if (!ok || (plain && term))
         throw py::value_error("state " + std::to_string(b) + " has a range outside shard " + std::to_string(s) +
                               "; states must come from this KnowledgeBase");
     }
+  }
   return B;
+}
+
+I64Array check_tokens(const I64Array& tokens, int64_t B, bool allow_end) {
+  if (tokens.ndim() != 1 || tokens.shape(0) != B) throw py::value_error("tokens must be 1-D with one token per state");
+  if (allow_end) {
+    const int64_t* t = tokens.data();
+    for (int64_t b = 0; b < B; ++b)
+      if (t[b] < gemkr::kEnd)
+        throw py::value_error("token " + std::to_string(t[b]) + " (state " + std::to_string(b) +
+                              ") is negative; token ids are >= 0, or END (-1) to end at a document's end");
+  }
+  return tokens;
 }
 
 I64Array new_states(int64_t B, size_t S) { return I64Array({py::ssize_t(B), py::ssize_t(S), py::ssize_t(2)}); }
@@ -49,7 +78,29 @@ I64Array new_states(int64_t B, size_t S) { return I64Array({py::ssize_t(B), py::
 PYBIND11_MODULE(_fmindex, m) {
   m.doc() = "FM-index core of gemkr-llamaindex (per-document-reversed token text, wavelet matrix, SA-IS)";
   m.attr("FORMAT_VERSION") = gemkr::kFormatVersion;
-  py::register_exception<gemkr::FormatError>(m, "FormatError", PyExc_ValueError);
+  m.attr("END") = gemkr::kEnd;
+  // A corrupt shard raises the package's IndexFormatError (a KBError), so callers need one except clause.
+  py::object base = py::module_::import("gemkr_llamaindex.kb.errors").attr("IndexFormatError");
+  py::register_exception<gemkr::FormatError>(m, "FormatError", base);
+
+  m.def(
+      "xxh64_file",
+      [](const std::string& path) {
+        uint64_t h;
+        {
+          py::gil_scoped_release release;
+          h = gemkr::xxh64_file(path);
+        }
+        return h;
+      },
+      py::arg("path"), "XXH64 (seed 0) of a whole file, read sequentially without the GIL.");
+  m.def(
+      "xxh64",
+      [](py::bytes data, uint64_t seed) {
+        std::string_view v = data;
+        return gemkr::XXH64::hash(v.data(), v.size(), seed);
+      },
+      py::arg("data"), py::arg("seed") = 0, "XXH64 of a bytes object.");
 
   py::class_<gemkr::ShardBuilder>(m, "ShardBuilder",
                                   "Two-phase shard build: the constructor copies the tokens into the index's "
@@ -122,21 +173,26 @@ PYBIND11_MODULE(_fmindex, m) {
              const auto& f = s.shard(i);
              return to_numpy(std::vector<uint32_t>(f.alphabet(), f.alphabet() + f.alphabet_size()));
            })
-      .def("root",
-           [](const ShardSet& s, int64_t batch) {
-             auto out = new_states(batch, s.n_shards());
-             int64_t* p = out.mutable_data();
-             for (int64_t b = 0; b < batch; ++b) s.root(p + b * int64_t(s.n_shards()) * 2);
-             return out;
-           })
-      .def("search",
-           [](const ShardSet& s, I64Array ids) {
-             auto out = new_states(1, s.n_shards());
-             int64_t* p = out.mutable_data();
-             py::gil_scoped_release release;
-             s.search(ids.data(), int64_t(ids.size()), p);
-             return out;
-           })
+      .def(
+          "root",
+          [](const ShardSet& s, int64_t batch, bool anchored) {
+            if (batch < 0) throw py::value_error("batch must be >= 0");
+            auto out = new_states(batch, s.n_shards());
+            int64_t* p = out.mutable_data();
+            for (int64_t b = 0; b < batch; ++b) s.root(p + b * int64_t(s.n_shards()) * 2, anchored);
+            return out;
+          },
+          py::arg("batch"), py::arg("anchored") = false)
+      .def(
+          "search",
+          [](const ShardSet& s, I64Array ids, bool anchored) {
+            auto out = new_states(1, s.n_shards());
+            int64_t* p = out.mutable_data();
+            py::gil_scoped_release release;
+            s.search(ids.data(), int64_t(ids.size()), p, anchored);
+            return out;
+          },
+          py::arg("ids"), py::arg("anchored") = false)
       // One-call versions of the static queries for a single prefix (search + answer, no state round trip).
       .def("count_of",
            [](const ShardSet& s, I64Array ids) {
@@ -166,11 +222,22 @@ PYBIND11_MODULE(_fmindex, m) {
              }
              return to_numpy(std::move(out));
            })
+      .def("step",
+           [](const ShardSet& s, I64Array states, I64Array tokens) {
+             const int64_t B = check_states(s, states);
+             check_tokens(tokens, B, true);
+             auto out = new_states(B, s.n_shards());
+             std::vector<int64_t> counts(size_t(B), 0), unique(size_t(B), -1);
+             {
+               py::gil_scoped_release release;
+               s.step(states.data(), tokens.data(), B, out.mutable_data(), counts.data(), unique.data());
+             }
+             return py::make_tuple(out, to_numpy(std::move(counts)), to_numpy(std::move(unique)));
+           })
       .def("extend",
            [](const ShardSet& s, I64Array states, I64Array tokens) {
              const int64_t B = check_states(s, states);
-             if (tokens.ndim() != 1 || tokens.shape(0) != B)
-               throw py::value_error("tokens must be 1-D with one token per state");
+             check_tokens(tokens, B, false);
              auto out = new_states(B, s.n_shards());
              int64_t* p = out.mutable_data();
              py::gil_scoped_release release;
@@ -208,26 +275,33 @@ PYBIND11_MODULE(_fmindex, m) {
              }
              return to_numpy(std::move(out));
            })
-      .def("next_tokens",
-           [](const ShardSet& s, I64Array states) {
-             const int64_t B = check_states(s, states);
-             std::vector<int64_t> offsets, tokens;
-             {
-               py::gil_scoped_release release;
-               s.next_tokens(states.data(), B, offsets, tokens);
-             }
-             return py::make_tuple(to_numpy(std::move(offsets)), to_numpy(std::move(tokens)));
-           })
-      .def("children", [](const ShardSet& s, I64Array states) {
-        const int64_t B = check_states(s, states);
-        gemkr::ChildrenResult res;
-        {
-          py::gil_scoped_release release;
-          s.children(states.data(), B, res);
-        }
-        const int64_t M = int64_t(res.tokens.size());
-        auto st = to_numpy(std::move(res.states)).reshape({M, int64_t(s.n_shards()), int64_t(2)});
-        return py::make_tuple(to_numpy(std::move(res.offsets)), to_numpy(std::move(res.tokens)),
-                              to_numpy(std::move(res.counts)), st);
-      });
+      .def(
+          "next_tokens",
+          [](const ShardSet& s, I64Array states, bool with_end) {
+            const int64_t B = check_states(s, states);
+            std::vector<int64_t> offsets, tokens;
+            {
+              py::gil_scoped_release release;
+              s.next_tokens(states.data(), B, offsets, tokens, with_end);
+            }
+            return py::make_tuple(to_numpy(std::move(offsets)), to_numpy(std::move(tokens)));
+          },
+          py::arg("states"), py::arg("with_end") = false)
+      .def(
+          "children",
+          [](const ShardSet& s, I64Array states, bool with_unique) {
+            const int64_t B = check_states(s, states);
+            gemkr::ChildrenResult res;
+            {
+              py::gil_scoped_release release;
+              s.children(states.data(), B, res, with_unique);
+            }
+            const int64_t M = int64_t(res.tokens.size());
+            auto st = to_numpy(std::move(res.states)).reshape({M, int64_t(s.n_shards()), int64_t(2)});
+            py::object unique = py::none();
+            if (with_unique) unique = to_numpy(std::move(res.unique));
+            return py::make_tuple(to_numpy(std::move(res.offsets)), to_numpy(std::move(res.tokens)),
+                                  to_numpy(std::move(res.counts)), st, unique);
+          },
+          py::arg("states"), py::arg("with_unique") = true);
 }

@@ -8,12 +8,15 @@ from gemkr_llamaindex.kb.errors import (
     KBError,
     TokenizerMismatchError,
 )
-from gemkr_llamaindex.kb.knowledge_base import Children, KnowledgeBase
+from gemkr_llamaindex.kb.knowledge_base import ANCHORS, END, Children, KnowledgeBase, StepResult
 from gemkr_llamaindex.kb.tokenization import Normalization
 
 __all__ = [
     "KnowledgeBase",
     "Children",
+    "StepResult",
+    "END",
+    "ANCHORS",
     "Normalization",
     "iter_documents",
     "read_corpus_file",

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+import numpy as np
+
 WIKI_INPUT = "wiki-summaries"  # the packaged Wikipedia summaries
 
 
@@ -31,7 +33,10 @@ def register(subparsers: Any) -> None:
 
     i = sub.add_parser("info", help="print a KB's manifest summary")
     i.add_argument("kb_dir")
-    i.add_argument("--verify", action="store_true", help="check every file's SHA-256")
+    i.add_argument("--verify", action="store_true", help="check every file's checksum (open() does by default)")
+    i.add_argument("--no-verify", action="store_true", help="skip the checksums (sizes and structure are still checked)")
+    i.add_argument("--short-docs", type=int, default=10, metavar="N",
+                   help="report how many documents are shorter than N tokens (default 10)")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=run_info)
 
@@ -67,7 +72,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from gemkr_llamaindex.kb import KnowledgeBase
 
-    kb = KnowledgeBase.open(args.kb_dir, verify=True if args.verify else None)
+    kb = KnowledgeBase.open(args.kb_dir, verify=not args.no_verify)
     m = kb.manifest
     if args.json:
         print(json.dumps(m, indent=2, ensure_ascii=False))
@@ -83,7 +88,11 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"index size    {index_bytes / 2**20:.1f} MiB ({index_bytes / max(kb.num_tokens, 1):.2f} bytes/token)")
     print(f"total size    {size / 2**20:.1f} MiB (with document texts and ids)")
     print(f"built         {m['created']} in {m['build']['seconds']:.1f} s, format v{m['format_version']}")
-    if args.verify:
+    print(f"build id      {kb.build_id}")
+    lengths = kb.doc_lengths()
+    print(f"doc lengths   min {int(lengths.min())}, median {int(np.median(lengths))}, max {int(lengths.max())} tokens")
+    print(f"documents shorter than {args.short_docs} tokens: {int((lengths < args.short_docs).sum()):,}")
+    if not args.no_verify:
         print("checksums     OK")
     return 0
 

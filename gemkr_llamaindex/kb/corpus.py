@@ -8,7 +8,10 @@ Accepted sources: an iterable of ``(doc_id, text)`` pairs or of LlamaIndex nodes
 * ``.tsv``: the same, or DPR's ``psgs_w100.tsv`` (``id``, ``text``, ``title``); a title column is
   prepended to the text as ``"{title}. {text}"`` unless ``include_title=False``.
 
-Rows are decoded one at a time so a non-UTF-8 row is reported with its line number.
+Rows are decoded one at a time so a non-UTF-8 row is reported with its line number. A text must be a
+string and an id a string or an integer (JSON numbers such as DPR passage ids): a null, boolean, float,
+list or object is a :class:`CorpusError` naming the file and line (or the pair's row), never the text
+"None".
 """
 
 from __future__ import annotations
@@ -70,11 +73,35 @@ def _read_jsonl(path: Path, id_field: str | None, text_field: str | None, title_
                 f"{path}:{line_no}: expected fields {id_key!r} and {text_key!r}, found {keys}; "
                 "set id_field=/text_field="
             )
-        text = str(row[text_key])
+        doc_id = _id_str(row[id_key], f"{path}:{line_no}: field {id_key!r}")
+        text = _text_str(row[text_key], f"{path}:{line_no}: field {text_key!r}")
         title = row.get(title_field) if title_field else None
-        if include_title and title:
-            text = f"{title}. {text}"
-        yield str(row[id_key]), text
+        if include_title and title is not None:
+            title = _text_str(title, f"{path}:{line_no}: field {title_field!r}")
+            if title:
+                text = f"{title}. {text}"
+        yield doc_id, text
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+
+
+def _id_str(value: Any, where: str) -> str:
+    """A document id as a string: str as is, int as its digits; anything else is an error."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu":
+        return str(int(value))
+    raise CorpusError(f"{where}: the id is {_describe(value)}; ids must be strings (or integers)")
+
+
+def _text_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise CorpusError(f"{where}: the text is {_describe(value)}; texts must be strings")
 
 
 def _read_delimited(path: Path, delimiter: str, id_field: str | None, text_field: str | None,
@@ -136,9 +163,8 @@ def iter_documents(source: Any, **file_options: Any) -> Iterator[tuple[str, str]
             yield str(item.node_id), item.get_content()
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             doc_id, text = item
-            if not isinstance(text, str):
-                raise CorpusError(f"document {row} ({doc_id!r}): text must be a str, got {type(text).__name__}")
-            yield str(doc_id), text
+            doc_id = _id_str(doc_id, f"document {row}")
+            yield doc_id, _text_str(text, f"document {row} ({doc_id!r})")
         else:
             raise CorpusError(
                 f"document {row}: expected a (doc_id, text) pair or a LlamaIndex node, got {type(item).__name__}"

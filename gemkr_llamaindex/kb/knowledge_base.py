@@ -1,87 +1,126 @@
 """The knowledge base: documents, their token ids, and a sharded FM-index that answers the decoder.
 
 GeMKR's three interfaces map to: GetNext -> :meth:`KnowledgeBase.next_tokens`, ValidDistinct ->
-:meth:`KnowledgeBase.unique_doc`, LookupDoc -> :meth:`KnowledgeBase.doc_ids`. Constrained decoding uses
-the stateful API instead (:meth:`root_states`, :meth:`extend`, :meth:`children`, :meth:`unique_docs`) so
-that a beam's prefix is never searched again from its first token.
+:meth:`KnowledgeBase.unique_doc`, LookupDoc -> :meth:`KnowledgeBase.doc_ids`.
+
+Constrained decoding talks to the KB through a small stateful protocol, one native call per step for
+the whole batch (the GIL is released, inputs are checked once):
+
+* :meth:`root_states` ``(batch, anchor="any"|"doc_start")``: the empty prefix, anywhere or anchored at
+  document starts (GENRE-style generation of a document's opening);
+* :meth:`step` ``(states, tokens) -> StepResult``: extend each state by its token and return the new
+  states with their occurrence counts and unique documents; the token :data:`END` ends the clue at a
+  document's end (a *terminal* state, which no token extends);
+* :meth:`continuations` (the allowed tokens, :data:`END` first where a document ends there) and
+  :meth:`children` (continuations with counts, child states and unique documents).
+
+The facade opens and queries; building lives in :mod:`gemkr_llamaindex.kb.build`, the on-disk layout
+(atomic swap, reader locks) in :mod:`gemkr_llamaindex.kb.directory`.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from gemkr_llamaindex import __version__
 from gemkr_llamaindex.kb import _fmindex
-from gemkr_llamaindex.kb.corpus import iter_documents
-from gemkr_llamaindex.kb.errors import CorpusError, IndexFormatError, KBError, TokenizerMismatchError
-from gemkr_llamaindex.kb.store import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    StringStore,
-    StringStoreWriter,
-    check_files,
-    file_records,
-    read_manifest,
-    write_manifest,
+from gemkr_llamaindex.kb.build import (  # noqa: F401  (re-exported for callers of the old module)
+    BUILD_BYTES_PER_TOKEN,
+    MAX_SHARD_SYMBOLS,
+    build_kb,
+    encoded_rows,
 )
-from gemkr_llamaindex.kb.tokenization import Normalization, encode_batch, resolve_tokenizer, vocab_hash
+from gemkr_llamaindex.kb.build import default_max_ram_gb as _default_max_ram_gb  # noqa: F401
+from gemkr_llamaindex.kb.corpus import iter_documents
+from gemkr_llamaindex.kb.directory import bind, copy_folder
+from gemkr_llamaindex.kb.errors import IndexFormatError, KBError, TokenizerMismatchError
+from gemkr_llamaindex.kb.store import (
+    MANIFEST,
+    StringStore,
+    check_files,
+    load_array,
+    parse_manifest,
+)
+from gemkr_llamaindex.kb.tokenization import (
+    Normalization,
+    encode_batch,
+    fingerprint_differences,
+    resolve_tokenizer,
+    tokenizer_name,
+)
 
-# Peak build memory is about 10.5 bytes per token (text + suffix array, then BWT + wavelet levels);
-# 12 leaves room for Python-side buffers.
-BUILD_BYTES_PER_TOKEN = 12
-MAX_SHARD_SYMBOLS = (1 << 31) - 3
-VERIFY_AUTO_LIMIT = 1 << 30  # open() verifies checksums automatically below this total size
+END = int(_fmindex.END)  # the token that ends a clue at a document's end (-1; never a real token id)
+ANCHORS = ("any", "doc_start")
 
 
 @dataclass(frozen=True)
 class Children:
-    """Continuations of a batch of states, CSR style: state ``b`` owns ``offsets[b]:offsets[b+1]``."""
+    """Continuations of a batch of states, CSR style: state ``b`` owns ``offsets[b]:offsets[b+1]``.
+
+    Within a state, :data:`END` comes first (where some occurrence ends a document), then the tokens in
+    increasing order.
+    """
 
     offsets: np.ndarray  # (B + 1,) int64
-    tokens: np.ndarray  # (M,) int64, increasing within each state
-    counts: np.ndarray  # (M,) int64, occurrences of prefix + token
-    states: np.ndarray  # (M, S, 2) int64, the state of prefix + token
+    tokens: np.ndarray  # (M,) int64: END first where present, then increasing token ids
+    counts: np.ndarray  # (M,) int64, occurrences of prefix + token (END: documents ending with prefix)
+    states: np.ndarray  # (M, S, 2) int64, the state of prefix + token (END: a terminal state)
+    unique: np.ndarray | None = None  # (M,) int64, KB position of the child's one document, or -1
 
     def of(self, b: int) -> slice:
         return slice(int(self.offsets[b]), int(self.offsets[b + 1]))
 
 
-def _default_max_ram_gb() -> float:
-    try:
-        return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return 8.0
+@dataclass(frozen=True)
+class StepResult:
+    """What :meth:`KnowledgeBase.step` returns for a batch of B states."""
+
+    states: np.ndarray  # (B, S, 2) int64: the extended states (terminal where the token was END)
+    counts: np.ndarray  # (B,) int64: occurrences (terminal: documents that end with the prefix)
+    unique: np.ndarray  # (B,) int64: KB position of the one document holding every occurrence, or -1
 
 
 class KnowledgeBase:
-    """A static, memory-mapped KB over LLM-tokenized documents. Build with :meth:`build`, open with :meth:`open`."""
+    """A static, memory-mapped KB over LLM-tokenized documents. Build with :meth:`build`, open with :meth:`open`.
 
-    def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Any = None) -> None:
-        self.path = path
+    ``path`` is the path it was opened by; ``real_path`` the folder it is bound to (resolved at open, so
+    a later overwrite of ``path`` does not change what this object reads).
+    """
+
+    END = END
+
+    def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Any = None, *,
+                 real_path: Path | None = None, reader_lock: BinaryIO | None = None,
+                 check_tokenizer: bool = True) -> None:
+        self.path = Path(path)
+        self.real_path = Path(real_path) if real_path is not None else self.path
         self.manifest = manifest
-        shards = manifest["shards"]
-        self._index = _fmindex.ShardSet([str(path / s["file"]) for s in shards])
-        if self._index.n_docs != manifest["num_docs"]:
-            raise IndexFormatError(f"{path}: shards hold {self._index.n_docs} docs, manifest says {manifest['num_docs']}")
-        self._ids = StringStore(path, "doc_ids")
-        self._texts = StringStore(path, "texts")
-        self._id_order = np.load(path / "doc_ids.order.npy", mmap_mode="r", allow_pickle=False)
-        if not (len(self._ids) == len(self._texts) == len(self._id_order) == self.num_docs):
-            raise IndexFormatError(f"{path}: document stores disagree on the number of documents")
+        self._reader_lock = reader_lock  # shared flock on real_path/manifest.json while this object lives
+        folder = self.real_path
+        n = int(manifest["num_docs"])
+        self._index = _fmindex.ShardSet([str(folder / s["file"]) for s in manifest["shards"]])
+        if self._index.n_docs != n:
+            raise IndexFormatError(f"{folder}: shards hold {self._index.n_docs} docs, manifest says {n}")
+        if sum(s["n_tokens"] for s in self.shard_info()) != manifest["num_tokens"]:
+            raise IndexFormatError(f"{folder}: shards hold another number of tokens than the manifest; rebuild the KB")
+        self._ids = StringStore(folder, "doc_ids", n)
+        self._texts = StringStore(folder, "texts", n)
+        self._id_order = load_array(folder / "doc_ids.order.npy", np.int64, n)
+        if n and (int(self._id_order.min()) < 0 or int(self._id_order.max()) >= n):
+            raise IndexFormatError(f"{folder}/doc_ids.order.npy holds positions outside [0, {n}); rebuild the KB")
+        self._doc_lengths = load_array(folder / "doc_lengths.npy", np.uint32, n)
+        if int(self._doc_lengths.sum(dtype=np.uint64)) != manifest["num_tokens"]:
+            raise IndexFormatError(f"{folder}/doc_lengths.npy does not add up to the KB's tokens; rebuild the KB")
         self.normalization = Normalization(**manifest["normalization"])
         self._vocab_size = int(manifest["tokenizer"]["vocab_size"])
         self._tokenizer = None
         if tokenizer is not None:
-            self.check_tokenizer(tokenizer)
+            if check_tokenizer:
+                self.check_tokenizer(tokenizer)
             self._tokenizer = resolve_tokenizer(tokenizer)
 
     # ------------------------------------------------------------------ build / open
@@ -110,15 +149,17 @@ class KnowledgeBase:
         ``docs``: (doc_id, text) pairs, LlamaIndex nodes/Documents, or a corpus file (see
         :mod:`gemkr_llamaindex.kb.corpus`; ``file_options`` go to its reader). Shards are built one after
         another, each of at most ``shard_tokens`` tokens (by default what ``max_ram_gb`` allows), so peak
-        memory stays under the budget. The build writes into a temporary sibling directory and renames it
-        into place only when complete. Empty documents raise :class:`CorpusError` unless ``skip_empty``.
+        memory stays under the budget. Only one build into ``out_dir`` runs at a time; the new KB
+        replaces an old one atomically (see :mod:`gemkr_llamaindex.kb.directory`). Empty documents raise
+        :class:`CorpusError` unless ``skip_empty``.
         """
         tok = resolve_tokenizer(tokenizer)
         norm = Normalization(lowercase=lowercase, unicode=unicode_normalization)
-        rows = _encoded_rows(iter_documents(docs, **file_options), tok, norm, batch_size, show_progress)
-        return cls._build(rows, out_dir, tok, len(tok), norm, max_ram_gb, shard_tokens,
+        rows = encoded_rows(iter_documents(docs, **file_options), tok, norm, batch_size, show_progress)
+        folder = build_kb(rows, out_dir, tok, len(tok), norm, max_ram_gb, shard_tokens,
                           dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
                                cache_max_depth=cache_max_depth), skip_empty, overwrite)
+        return cls._open_folder(Path(out_dir), folder, tokenizer=tok, verify=False, check_tokenizer=False)
 
     @classmethod
     def build_from_token_ids(
@@ -141,85 +182,64 @@ class KnowledgeBase:
         queries only (``encode``/``text`` need one).
         """
         tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
-        rows = ((row, str(doc_id), "", ids) for row, (doc_id, ids) in enumerate(docs))
-        return cls._build(rows, out_dir, tok, int(vocab_size), Normalization(), max_ram_gb, shard_tokens,
+        rows = ((row, doc_id, "", ids) for row, (doc_id, ids) in enumerate(docs))
+        folder = build_kb(rows, out_dir, tok, int(vocab_size), Normalization(), max_ram_gb, shard_tokens,
                           dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
                                cache_max_depth=cache_max_depth), False, overwrite)
+        return cls._open_folder(Path(out_dir), folder, tokenizer=tok, verify=False, check_tokenizer=False)
 
     @classmethod
-    def _build(cls, rows: Iterable[tuple[int, str, str, Sequence[int]]], out_dir: str | Path, tok: Any,
-               vsize: int, norm: Normalization, max_ram_gb: float | None, shard_tokens: int | None,
-               params: dict[str, int], skip_empty: bool, overwrite: bool) -> KnowledgeBase:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not overwrite:
-            raise KBError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        budget_gb = max_ram_gb if max_ram_gb is not None else _default_max_ram_gb()
-        limit = int(shard_tokens) if shard_tokens else int(budget_gb * 2**30 / BUILD_BYTES_PER_TOKEN)
-        limit = max(1, min(limit, MAX_SHARD_SYMBOLS // 2))
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished KB should be shareable
-        try:
-            t0 = time.perf_counter()
-            stats = _build_into(tmp, rows, vsize, limit, params, skip_empty)
-            if tok is not None:
-                tok.save_pretrained(tmp / "tokenizer")
-            manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "library_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "tokenizer": {
-                    "name_or_path": str(getattr(tok, "name_or_path", "")) if tok is not None else None,
-                    "class": type(tok).__name__ if tok is not None else None,
-                    "vocab_size": vsize,
-                    "vocab_hash": vocab_hash(tok) if tok is not None else None,
-                },
-                "normalization": norm.to_dict(),
-                "num_docs": stats["num_docs"],
-                "num_tokens": stats["num_tokens"],
-                "skipped_empty": stats["skipped_empty"],
-                "shards": stats["shards"],
-                "build": {**params, "shard_tokens": limit, "seconds": round(time.perf_counter() - t0, 3)},
-            }
-            data_files = [s["file"] for s in stats["shards"]] + [
-                "doc_ids.bin", "doc_ids.off.npy", "doc_ids.order.npy", "texts.bin", "texts.off.npy",
-            ]
-            manifest["files"] = file_records(tmp, data_files)
-            write_manifest(tmp, manifest)
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return cls(out_dir, manifest, tokenizer=tok)
-
-    @classmethod
-    def open(cls, path: str | Path, *, tokenizer: Any = None, verify: bool | None = None) -> KnowledgeBase:
+    def open(cls, path: str | Path, *, tokenizer: Any = None, verify: bool | None = True) -> KnowledgeBase:
         """Open a KB directory by memory mapping (cheap; processes share pages).
 
-        ``verify``: check every file's SHA-256 (None = only when the KB is under 1 GiB; sizes and headers
-        are always checked). ``tokenizer``: if given, it must match the KB's vocabulary exactly.
+        ``verify`` (default True, at every size): check every file's XXH64 checksum against the manifest
+        (memory speed; see the README for figures). With ``verify=False`` sizes, the manifest and every
+        structural value of the shards are still checked, so a corrupt file raises
+        :class:`IndexFormatError` rather than crashing. ``tokenizer``: if given, it must produce the
+        KB's ids (vocabulary and pipeline; :class:`TokenizerMismatchError` otherwise).
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        files = manifest.get("files", {})
-        if verify is None:
-            verify = sum(r["bytes"] for r in files.values()) <= VERIFY_AUTO_LIMIT
-        check_files(path, files, verify)
+        folder, lock, text = bind(path)
         try:
-            return cls(path, manifest, tokenizer=tokenizer)
-        except ValueError as exc:  # _fmindex.FormatError derives from ValueError
-            if isinstance(exc, KBError):
-                raise
-            raise IndexFormatError(str(exc)) from None
+            manifest = parse_manifest(text, folder / MANIFEST)
+            return cls._from_manifest(path, folder, lock, manifest, tokenizer, verify is not False, True)
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    def _open_folder(cls, path: Path, folder: Path, **kw: Any) -> KnowledgeBase:
+        real, lock, text = bind(folder)
+        try:
+            manifest = parse_manifest(text, real / MANIFEST)
+            return cls._from_manifest(path, real, lock, manifest, kw.get("tokenizer"), kw["verify"],
+                                      kw["check_tokenizer"])
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    def _from_manifest(cls, path: Path, folder: Path, lock: BinaryIO, manifest: dict[str, Any], tokenizer: Any,
+                       verify: bool, check_tok: bool) -> KnowledgeBase:
+        check_files(folder, manifest["files"], verify)
+        return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok)
+
+    def close(self) -> None:
+        """Release the reader lock (the memory maps go with the object)."""
+        if self._reader_lock is not None:
+            self._reader_lock.close()
+            self._reader_lock = None
+
+    def copy_to(self, dest_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Copy exactly the files this KB is bound to into ``dest_dir``, a self-contained KB directory.
+
+        The copy is written into a temporary sibling and renamed into place at once, then verified
+        against the manifest's checksums; ``dest_dir`` keeps this KB's :attr:`build_id`.
+        """
+        names = sorted(self.manifest["files"]) + [MANIFEST]
+        dest = copy_folder(self.real_path, names, Path(dest_dir), overwrite)
+        check_files(dest, self.manifest["files"], True)
+        return dest
 
     # ------------------------------------------------------------------ properties
     @property
@@ -239,31 +259,63 @@ class KnowledgeBase:
         return self._vocab_size
 
     @property
-    def tokenizer(self):
-        """The tokenizer the KB was built with (saved inside the KB directory)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+    def build_id(self) -> str:
+        """Identity of this build: a random uuid4 (hex) drawn when it was built; copies keep it."""
+        return str(self.manifest["build_id"])
 
-            if not (self.path / "tokenizer").is_dir():
+    @property
+    def content_hash(self) -> str:
+        """XXH64 over every file's name, size and checksum: equal for KBs with identical files."""
+        return str(self.manifest.get("content_hash", ""))
+
+    @property
+    def tokenizer(self):
+        """The tokenizer the KB was built with, loaded on first use from the folder this KB is bound to."""
+        if self._tokenizer is None:
+            folder = self.real_path / "tokenizer"
+            if self.manifest["tokenizer"].get("class") is None:
                 raise KBError(f"the KB at {self.path} was built from token ids without a tokenizer; "
                               "open it with KnowledgeBase.open(path, tokenizer=...)")
+            if not folder.is_dir():
+                raise IndexFormatError(f"the tokenizer folder {folder} is missing: the KB is incomplete; rebuild it "
+                                       "(or copy the whole KB directory again)")
+            from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            except Exception as exc:  # a damaged tokenizer file fails in many ways (JSON, Rust, OSError ...)
+                raise IndexFormatError(f"cannot load the KB's tokenizer from {folder} ({type(exc).__name__}: "
+                                       f"{str(exc)[:200]}); rebuild the KB") from exc
         return self._tokenizer
 
     def check_tokenizer(self, tokenizer: Any) -> None:
-        """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` maps every string to the KB's ids."""
+        """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` maps every string to the KB's ids.
+
+        Compares the vocabulary size and the hash of each part of the tokenizer's pipeline that decides
+        the ids (normaliser, pre-tokenizer, model, added tokens; see ``tokenization.fingerprint``).
+        """
         tok = resolve_tokenizer(tokenizer)
         expected = self.manifest["tokenizer"]
-        if len(tok) != expected["vocab_size"] or (expected["vocab_hash"] and vocab_hash(tok) != expected["vocab_hash"]):
+        problems = []
+        if len(tok) != expected["vocab_size"]:
+            problems.append(f"its vocabulary has {len(tok)} tokens, the KB's {expected['vocab_size']}")
+        if expected.get("fingerprint"):
+            parts = fingerprint_differences(expected["fingerprint"], tok)
+            if parts:
+                problems.append(f"its {', '.join(parts)} {'differs' if len(parts) == 1 else 'differ'}")
+        if problems:
             raise TokenizerMismatchError(
-                f"tokenizer {getattr(tok, 'name_or_path', '?')!r} (vocab {len(tok)}) does not match the one the KB "
-                f"at {self.path} was built with ({expected['name_or_path']!r}, vocab {expected['vocab_size']}); "
-                "use the same tokenizer as the model, or rebuild the KB with the model's tokenizer"
+                f"tokenizer {tokenizer_name(tok)!r} ({type(tok).__name__}) does not match the one the KB at "
+                f"{self.path} was built with ({expected['name_or_path']!r}, {expected.get('class')}): "
+                f"{'; '.join(problems)}. Use the same tokenizer as the model, or rebuild the KB with the model's tokenizer"
             )
 
     def shard_info(self) -> list[dict[str, Any]]:
         return [dict(self._index.shard_info(i)) for i in range(self.num_shards)]
+
+    def doc_lengths(self) -> np.ndarray:
+        """Token count of every document, in KB order (uint32, memory-mapped, read-only)."""
+        return self._doc_lengths
 
     # ------------------------------------------------------------------ text and documents
     def encode(self, text: str) -> list[int]:
@@ -326,9 +378,9 @@ class KnowledgeBase:
                 raise ValueError(f"token id {bad} is outside the KB's vocabulary [0, {self._vocab_size})")
         return arr
 
-    def state(self, ids: Sequence[int]) -> np.ndarray:
-        """Search state (1, S, 2) of a prefix, searched from its first token."""
-        return self._index.search(self._ids_array(ids))
+    def state(self, ids: Sequence[int], anchor: str = "any") -> np.ndarray:
+        """Search state (1, S, 2) of a prefix, searched from its first token (``anchor`` as in :meth:`root_states`)."""
+        return self._index.search(self._ids_array(ids), self._anchored(anchor))
 
     def next_tokens(self, ids: Sequence[int]) -> np.ndarray:
         """GetNext: sorted distinct token ids that follow ``ids`` anywhere ([] -> every token in the KB)."""
@@ -373,29 +425,65 @@ class KnowledgeBase:
         return None if i < 0 else self._ids[i]
 
     # ------------------------------------------------------------------ stateful API (decoding)
-    def root_states(self, batch: int = 1) -> np.ndarray:
-        """States of the empty prefix, shape (batch, S, 2)."""
-        return self._index.root(int(batch))
+    @staticmethod
+    def _anchored(anchor: str) -> bool:
+        if anchor not in ANCHORS:
+            raise ValueError(f"unknown anchor {anchor!r}; valid anchors: 'any' (the prefix may start anywhere in "
+                             "a document) and 'doc_start' (it starts at a document's first token)")
+        return anchor == "doc_start"
+
+    def root_states(self, batch: int = 1, anchor: str = "any") -> np.ndarray:
+        """States of the empty prefix, shape (batch, S, 2) int64.
+
+        ``anchor="any"``: extensions match anywhere. ``anchor="doc_start"``: extending by t1..tk matches
+        only documents that *start* with t1..tk (counts = such documents); + :data:`END` then means the
+        whole document is t1..tk.
+        """
+        return self._index.root(int(batch), self._anchored(anchor))
+
+    def step(self, states: np.ndarray, tokens: Sequence[int] | np.ndarray) -> StepResult:
+        """Extend every state by its token and count and place the results, in one native call.
+
+        ``tokens[b]`` is a token id or :data:`END` (the clue ends at a document's end: the new state is
+        terminal; its count is the number of documents ending with the prefix and its unique document
+        the one such document, if only one). Equals ``extend`` + ``counts`` + ``unique_docs``.
+        """
+        return StepResult(*self._index.step(states, np.asarray(tokens, dtype=np.int64)))
+
+    def continuations(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Allowed next tokens of every state, CSR ``(offsets, tokens)``: :data:`END` first where some
+        occurrence of the prefix ends a document, then the token ids in increasing order."""
+        return self._index.next_tokens(states, True)
 
     def extend(self, states: np.ndarray, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        """States of ``prefix_b + tokens[b]`` from the states of ``prefix_b`` (one LF step per shard)."""
+        """States of ``prefix_b + tokens[b]`` from the states of ``prefix_b`` (one LF step per shard).
+
+        Token ids only: a negative token (also :data:`END`) gives the empty state; use :meth:`step` for END.
+        """
         return self._index.extend(states, np.asarray(tokens, dtype=np.int64))
 
     def next_tokens_of(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Next tokens of every state, CSR ``(offsets, tokens)``: the decoding mask without child states."""
+        """Next tokens of every state, CSR ``(offsets, tokens)``: the decoding mask without child states or END."""
         return self._index.next_tokens(states)
 
-    def children(self, states: np.ndarray) -> Children:
-        """All continuations of every state at once (CSR arrays); precomputed for frequent prefixes."""
-        return Children(*self._index.children(states))
+    def children(self, states: np.ndarray, *, unique: bool = True) -> Children:
+        """All continuations of every state at once (CSR arrays; :data:`END` children included) with their
+        counts, states and (unless ``unique=False``) unique documents, computed in the same native call."""
+        return Children(*self._index.children(states, bool(unique)))
 
     def counts(self, states: np.ndarray) -> np.ndarray:
-        """Occurrences per state (for the root: rows of the index, i.e. tokens + separators)."""
+        """Occurrences per state (for the root: rows of the index, i.e. tokens + separators; for a
+        terminal state: documents that end with the prefix)."""
         return self._index.counts(states)
 
     def unique_docs(self, states: np.ndarray) -> np.ndarray:
         """Per state, the KB position of its one document, or -1."""
         return self._index.unique_docs(states)
+
+    @staticmethod
+    def is_terminal(states: np.ndarray) -> np.ndarray:
+        """(B,) bool: which states ended with :data:`END` (no token extends them)."""
+        return (np.asarray(states)[:, :, 0] < 0).any(axis=1)
 
     def __repr__(self) -> str:
         return (
@@ -403,136 +491,3 @@ class KnowledgeBase:
             f"shards={self.num_shards}, tokenizer={self.manifest['tokenizer']['name_or_path']!r})"
         )
 
-
-class _TokenBuffer:
-    """The token ids of the shard being collected, in one growing array.
-
-    One large allocation (not one small array per document) so that freeing it returns the memory to
-    the OS before the suffix array is built; small freed arrays would stay in the heap and add ~4
-    bytes/token to the build's peak.
-    """
-
-    def __init__(self) -> None:
-        self._data = np.empty(0, dtype=np.uint32)
-        self._n = 0
-        self.lengths: list[int] = []
-
-    def append(self, ids: np.ndarray) -> None:
-        need = self._n + len(ids)
-        if need > len(self._data):
-            grown = np.empty(max(need, int(len(self._data) * 1.5), 1 << 16), dtype=np.uint32)
-            grown[: self._n] = self._data[: self._n]
-            self._data = grown
-        self._data[self._n : need] = ids
-        self._n = need
-        self.lengths.append(len(ids))
-
-    def tokens(self) -> np.ndarray:
-        return self._data[: self._n]
-
-    def clear(self) -> None:
-        self._data = np.empty(0, dtype=np.uint32)
-        self._n = 0
-        self.lengths = []
-
-
-def _encoded_rows(docs: Iterable[tuple[str, str]], tokenizer: Any, norm: Normalization, batch_size: int,
-                  show_progress: bool) -> Iterator[tuple[int, str, str, list[int]]]:
-    """``(row, doc_id, text, token_ids)`` for each document, tokenized in batches, with a progress bar."""
-    from tqdm.auto import tqdm
-
-    def encoded(batch: list[tuple[int, str, str]]) -> list[tuple[int, str, str, list[int]]]:
-        ids = encode_batch(tokenizer, [norm(t) for _, _, t in batch])
-        return [(r, d, t, i) for (r, d, t), i in zip(batch, ids)]
-
-    total = len(docs) if hasattr(docs, "__len__") else None
-    batch: list[tuple[int, str, str]] = []
-    with tqdm(total=total, unit="doc", desc="tokenizing", disable=not show_progress) as bar:
-        for row, (doc_id, text) in enumerate(docs):
-            batch.append((row, doc_id, text))
-            if len(batch) >= batch_size:
-                yield from encoded(batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            yield from encoded(batch)
-            bar.update(len(batch))
-
-
-def _build_into(
-    directory: Path,
-    rows: Iterable[tuple[int, str, str, Sequence[int]]],
-    vsize: int,
-    shard_limit: int,
-    params: dict[str, int],
-    skip_empty: bool,
-) -> dict[str, Any]:
-    """Write the document stores and the shards for encoded rows into ``directory``."""
-    ids_out = StringStoreWriter(directory, "doc_ids")
-    texts_out = StringStoreWriter(directory, "texts")
-    shards: list[dict[str, Any]] = []
-    buffer = _TokenBuffer()
-    pending_tokens = 0
-    shard_docs_start = 0
-    skipped = 0
-    total_tokens = 0
-    row = -1
-
-    def flush() -> None:
-        nonlocal pending_tokens, shard_docs_start
-        if not buffer.lengths:
-            return
-        offsets = np.zeros(len(buffer.lengths) + 1, dtype=np.uint64)
-        np.cumsum(np.asarray(buffer.lengths, dtype=np.uint64), out=offsets[1:])
-        builder = _fmindex.ShardBuilder(buffer.tokens(), offsets)
-        buffer.clear()  # the builder keeps its own text; free ours before the suffix array is built
-        name = f"shard_{len(shards):05d}.fmi"
-        builder.write(str(directory / name), **params)
-        shards.append({"file": name, "num_docs": len(offsets) - 1, "num_tokens": int(offsets[-1]),
-                       "doc_base": shard_docs_start})
-        shard_docs_start += len(offsets) - 1
-        pending_tokens = 0
-
-    try:
-        for row, doc_id, text, ids in rows:
-            if not doc_id:
-                raise CorpusError(f"document at row {row} has an empty id")
-            if len(ids) == 0:
-                if skip_empty:
-                    skipped += 1
-                    continue
-                raise CorpusError(
-                    f"document {doc_id!r} (row {row}) is empty after tokenization; remove it or pass "
-                    "skip_empty=True (CLI: --skip-empty)"
-                )
-            arr = np.asarray(ids, dtype=np.int64)
-            if arr.max() >= vsize or arr.min() < 0:
-                bad = int(arr[(arr < 0) | (arr >= vsize)][0])
-                raise CorpusError(
-                    f"document {doc_id!r} (row {row}): token id {bad} is outside the tokenizer's "
-                    f"vocabulary of {vsize}; the tokenizer (or the token ids) are inconsistent"
-                )
-            if len(arr) + 1 > MAX_SHARD_SYMBOLS // 2:
-                raise CorpusError(f"document {doc_id!r} (row {row}) has {len(arr)} tokens, too long for one shard")
-            if pending_tokens + len(arr) > shard_limit:
-                flush()
-            ids_out.add(doc_id)
-            texts_out.add(text)
-            buffer.append(arr)
-            pending_tokens += len(arr) + 1
-            total_tokens += len(arr)
-        if len(ids_out) == 0:
-            raise CorpusError("the corpus is empty: no documents to index" if row < 0 else
-                              "every document was empty; nothing to index")
-        flush()
-    finally:
-        ids_out.close()
-        texts_out.close()
-    # Sorted permutation of the ids for lookups by id without an in-memory dict.
-    store = StringStore(directory, "doc_ids")
-    order = sorted(range(len(store)), key=store.raw)
-    for a, b in zip(order, order[1:]):
-        if store.raw(a) == store.raw(b):
-            raise CorpusError(f"document id {store[a]!r} occurs twice (rows {min(a, b)} and {max(a, b)}); ids must be unique")
-    np.save(directory / "doc_ids.order.npy", np.asarray(order, dtype=np.int64), allow_pickle=False)
-    return {"num_docs": len(store), "num_tokens": total_tokens, "skipped_empty": skipped, "shards": shards}

@@ -47,9 +47,46 @@ def vocab_size(tokenizer: Any) -> int:
 
 
 def vocab_hash(tokenizer: Any) -> str:
-    """SHA-256 over the sorted (token, id) pairs: equal hashes mean identical token ids for every string."""
+    """SHA-256 over the sorted (token, id) pairs (the vocabulary alone; see :func:`fingerprint`)."""
     items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return _sha256(items)
+
+
+# The parts of a fast tokenizer's pipeline that decide which ids a text gets with add_special_tokens=False.
+# The post-processor (special tokens around a sequence), the decoder, padding and truncation (set per
+# call) do not, so they are left out: a tokenizer that differs only there is accepted.
+FINGERPRINT_PARTS = ("normalizer", "pre_tokenizer", "model", "added_tokens")
+
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def fingerprint(tokenizer: Any) -> dict[str, str]:
+    """SHA-256 of each part of the tokenizer's serialised pipeline that determines the ids.
+
+    Fast (Rust-backed) tokenizers: ``normalizer``, ``pre_tokenizer``, ``model`` (vocabulary, merges and
+    options) and ``added_tokens``. Other tokenizers: the vocabulary and the class, which is the best a
+    tokenizer without a serialised pipeline offers.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    to_str = getattr(backend, "to_str", None)
+    if callable(to_str):
+        spec = json.loads(to_str())
+        return {part: _sha256(spec.get(part)) for part in FINGERPRINT_PARTS}
+    return {"vocab": vocab_hash(tokenizer), "class": _sha256(type(tokenizer).__name__)}
+
+
+def fingerprint_differences(expected: dict[str, str], tokenizer: Any) -> list[str]:
+    """The parts of ``tokenizer``'s pipeline whose hash differs from ``expected`` (same key set)."""
+    got = fingerprint(tokenizer)
+    if set(got) != set(expected):  # one fast, one slow tokenizer: compare what both have
+        return [k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k)] or ["pipeline"]
+    return [k for k in expected if got[k] != expected[k]]
+
+
+def tokenizer_name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
 def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:

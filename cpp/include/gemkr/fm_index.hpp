@@ -6,6 +6,18 @@
 // the BWT over the suffix-array range of that prefix lists the tokens that follow it in the documents.
 // SEP never occurs in a query, so no match can span two documents.
 //
+// Two more things fall out of the layout:
+//   * anchoring: the rows whose suffix starts with SEP (one per document; the SEP after rev(doc_d) is
+//     followed, reading backwards, by doc_d's first token) are the empty prefix *at document starts*;
+//     backward search from them finds only occurrences that start at a document's first token;
+//   * document ends: an occurrence of a prefix that ends at its document's last token is preceded in the
+//     text by SEP (or by $, via the wrap-around, for document 0 at text position 0), so the BWT over
+//     the prefix's range holds SEP/$ exactly at those occurrences (`ends`).
+//
+// Every value read from the file is checked at open (section table, alphabet, C, D, zeros, rank
+// directory ends, samples, cache) and every row a query computes is checked before it is used, so a
+// corrupt file raises FormatError instead of reading out of bounds, even without a checksum pass.
+//
 // Structures (all in one file, memory-mapped on open):
 //   * a wavelet matrix over the BWT with one-cache-line rank (extend, count, next tokens, LF);
 //   * D[c] = C[c] - start of c in the matrix's bottom level, so a range mapped down the matrix gives the
@@ -60,6 +72,15 @@ struct Range {
 struct Child {
   uint32_t token;
   uint64_t lo, hi;
+};
+
+// The occurrences of a prefix that end a document: `sep` is the range of "SEP + prefix" (one row per
+// document d >= 1 ending with the prefix; the SEP there belongs to document d - 1) and `dollar` says
+// whether document 0 ends with it ($ precedes text position 0).
+struct Ends {
+  Range sep;
+  bool dollar = false;
+  uint64_t count() const { return sep.size() + (dollar ? 1 : 0); }
 };
 
 struct BuildParams {
@@ -128,7 +149,9 @@ class FMIndex {
   static void build(const uint32_t* tokens, const uint64_t* doc_offsets, uint64_t n_docs, const std::string& path,
                     const BuildParams& params);
 
-  // Opens a shard file by mmap. Throws FormatError for a wrong magic, a newer version or a short file.
+  // Opens a shard file by mmap and validates every stored size, offset and structural invariant
+  // (see validate()). Throws FormatError for a wrong magic, another version, a short file or any
+  // inconsistent value.
   explicit FMIndex(const std::string& path);
   ~FMIndex();
   FMIndex(const FMIndex&) = delete;
@@ -149,6 +172,9 @@ class FMIndex {
 
   // ---- search -------------------------------------------------------------------------------------
   Range root() const { return Range{0, h_.n_rows}; }
+
+  // The empty prefix anchored at document starts: the SEP block of rows, one row per document.
+  Range anchored_root() const { return Range{C_[kSymSep], C_[kSymSep + 1]}; }
 
   // Symbol of a token id, or 0 if the token never occurs in this shard.
   uint32_t symbol(uint64_t token) const {
@@ -178,32 +204,75 @@ class FMIndex {
         lo -= rl;
         hi -= rh;
       }
+      check_rows(lo, hi);
       if (lo == hi) return Range{0, 0};
     }
-    return Range{uint64_t(D_[c] + int64_t(lo)), uint64_t(D_[c] + int64_t(hi))};
+    return bottom(c, lo, hi);
   }
 
-  Range search(const uint64_t* ids, uint64_t n) const {
-    Range r = root();
+  Range search(const uint64_t* ids, uint64_t n) const { return search_from(root(), ids, n); }
+
+  Range search_from(Range r, const uint64_t* ids, uint64_t n) const {
     for (uint64_t i = 0; i < n && !r.empty(); ++i) r = extend(r, ids[i]);
     return r;
+  }
+
+  // The occurrences of r's prefix that end a document (SEP or $ in the BWT over r). Symbols 0 and 1
+  // share every bit but the last, so both come out of one descent of the wavelet matrix. Row 0 is the
+  // suffix "$" (no document position): its BWT symbol, the SEP after the last document, is dropped.
+  Ends ends(Range r) const {
+    Ends e;
+    if (r.empty()) return e;
+    uint64_t lo = r.lo, hi = r.hi;
+    const uint32_t last = h_.levels - 1;
+    for (uint32_t lev = 0; lev < last; ++lev) {
+      lo -= level_[lev].rank1(lo);
+      hi -= level_[lev].rank1(hi);
+      check_rows(lo, hi);
+      if (lo == hi) return e;
+    }
+    const uint64_t rl = level_[last].rank1(lo), rh = level_[last].rank1(hi);
+    check_rows(lo - rl, hi - rh);
+    e.dollar = hi - rh > lo - rl;
+    const uint64_t z = zeros_[last];
+    check_rows(z + rl, z + rh);
+    if (rh > rl) e.sep = bottom(kSymSep, z + rl, z + rh);
+    if (r.lo == 0 && !e.sep.empty()) ++e.sep.lo;
+    return e;
+  }
+
+  // Local document numbers of the documents whose end `e` describes, increasing.
+  void end_docs(const Ends& e, std::vector<uint32_t>& out) const {
+    const size_t start = out.size();
+    if (e.dollar) out.push_back(0);
+    if (!e.sep.empty()) {
+      const size_t at = out.size();
+      out.resize(at + e.sep.size());
+      docs_of_rows(e.sep.lo, e.sep.hi, out.data() + at);
+      for (size_t k = at; k < out.size(); ++k) out[k] = next_doc(out[k]);
+    }
+    std::sort(out.begin() + start, out.end());
+  }
+
+  // The one document that ends with the prefix, or -1 (none, or several: a document has one end).
+  int64_t end_unique(const Ends& e) const {
+    if (e.count() != 1) return -1;
+    if (e.dollar) return 0;
+    return next_doc(doc_of_row(e.sep.lo));
   }
 
   // Distinct tokens following the prefix whose range is r, in increasing token order, with child ranges.
   void children(Range r, std::vector<Child>& out) const {
     if (r.empty()) return;
-    if (!cache_.empty()) {
-      auto it = cache_.find(cache_key(r));
-      if (it != cache_.end()) {
-        // The cache stores symbols only (4 bytes each); child ranges are one batched extend away.
-        const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
-        thread_local std::vector<Range> ranges;
-        ranges.assign(e - b, r);
-        extend_many(ranges.data(), cache_children_ + b, e - b);
-        for (uint64_t k = b; k < e; ++k)
-          out.push_back(Child{alphabet_[cache_children_[k] - kSymFirstToken], ranges[k - b].lo, ranges[k - b].hi});
-        return;
-      }
+    uint64_t b, e;
+    if (cached(r, &b, &e)) {
+      // The cache stores symbols only (4 bytes each); child ranges are one batched extend away.
+      thread_local std::vector<Range> ranges;
+      ranges.assign(e - b, r);
+      extend_many(ranges.data(), cache_children_ + b, e - b);
+      for (uint64_t k = b; k < e; ++k)
+        out.push_back(Child{alphabet_[cache_children_[k] - kSymFirstToken], ranges[k - b].lo, ranges[k - b].hi});
+      return;
     }
     enumerate(r.lo, r.hi, out);
   }
@@ -212,7 +281,7 @@ class FMIndex {
   // look-ups of different ranges are independent memory accesses that the CPU overlaps.
   void extend_many(Range* ranges, const uint32_t* syms, size_t n) const {
     for (size_t i = 0; i < n; ++i)
-      if (syms[i] == 0) ranges[i] = Range{0, 0};
+      if (syms[i] == 0 || syms[i] >= h_.sigma) ranges[i] = Range{0, 0};
     for (uint32_t lev = 0; lev < h_.levels; ++lev) {
       const RankView& bv = level_[lev];
       const uint32_t shift = h_.levels - 1 - lev;
@@ -232,14 +301,12 @@ class FMIndex {
           r.lo -= rl;
           r.hi -= rh;
         }
+        check_rows(r.lo, r.hi);
         if (r.lo == r.hi) r = Range{0, 0};
       }
     }
     for (size_t i = 0; i < n; ++i)
-      if (!ranges[i].empty()) {
-        const int64_t d = D_[syms[i]];
-        ranges[i] = Range{uint64_t(d + int64_t(ranges[i].lo)), uint64_t(d + int64_t(ranges[i].hi))};
-      }
+      if (!ranges[i].empty()) ranges[i] = bottom(syms[i], ranges[i].lo, ranges[i].hi);
   }
 
   // ---- documents ----------------------------------------------------------------------------------
@@ -256,14 +323,21 @@ class FMIndex {
         i -= r1;
         c <<= 1;
       }
+      if (i >= h_.n_rows) corrupt("an LF step left the row range");
     }
-    return uint64_t(D_[c] + int64_t(i));
+    if (c >= h_.sigma) corrupt("the wavelet matrix holds a symbol outside the alphabet");
+    const int64_t row = D_[c] + int64_t(i);
+    if (row < 0 || uint64_t(row) >= h_.n_rows) corrupt("an LF step left the row range");
+    return uint64_t(row);
   }
 
-  // Local document number of the occurrence at row i (the row must lie inside a match of a query).
+  // Local document number of the occurrence at row i (any row: a SEP row belongs to the document before it).
   uint32_t doc_of_row(uint64_t i) const {
-    while (!samples_.get(i)) i = lf(i);
-    return sample_docs_[samples_.rank1(i)];
+    for (uint64_t steps = 0; !samples_.get(i); ++steps) {
+      if (steps >= walk_limit_) corrupt("a document walk found no sample within sample_rate steps");
+      i = lf(i);
+    }
+    return sample_doc(samples_.rank1(i));
   }
 
   // doc_of_row for rows[lo..hi) at once: the LF walks advance together, one wavelet level at a time,
@@ -275,7 +349,7 @@ class FMIndex {
     locate_docs(rows.data(), rows.size(), out);
   }
 
-  // Local doc numbers of arbitrary rows (each inside a match of a query), all walks advancing together.
+  // Local doc numbers of arbitrary rows (each < n_rows), all walks advancing together.
   void locate_docs(const uint64_t* rows, size_t n, uint32_t* out) const {
     thread_local std::vector<uint64_t> pos, code;
     thread_local std::vector<uint32_t> active, next;
@@ -283,12 +357,13 @@ class FMIndex {
     code.resize(n);
     active.resize(n);
     for (size_t i = 0; i < n; ++i) active[i] = uint32_t(i);
-    while (!active.empty()) {
+    for (uint64_t steps = 0; !active.empty(); ++steps) {
+      if (steps > walk_limit_) corrupt("a document walk found no sample within sample_rate steps");
       next.clear();
       for (uint32_t i : active) samples_.prefetch(pos[i]);
       for (uint32_t i : active) {
         if (samples_.get(pos[i])) {
-          out[i] = sample_docs_[samples_.rank1(pos[i])];
+          out[i] = sample_doc(samples_.rank1(pos[i]));
         } else {
           next.push_back(i);
           code[i] = 0;
@@ -306,9 +381,15 @@ class FMIndex {
             pos[i] -= r1;
             code[i] <<= 1;
           }
+          if (pos[i] >= h_.n_rows) corrupt("an LF step left the row range");
         }
       }
-      for (uint32_t i : next) pos[i] = uint64_t(D_[code[i]] + int64_t(pos[i]));
+      for (uint32_t i : next) {
+        if (code[i] >= h_.sigma) corrupt("the wavelet matrix holds a symbol outside the alphabet");
+        const int64_t row = D_[code[i]] + int64_t(pos[i]);
+        if (row < 0 || uint64_t(row) >= h_.n_rows) corrupt("an LF step left the row range");
+        pos[i] = uint64_t(row);
+      }
       active.swap(next);
     }
   }
@@ -349,13 +430,10 @@ class FMIndex {
   // Distinct next tokens only (no child ranges): what a decoding mask needs.
   void next_tokens(Range r, std::vector<uint32_t>& out) const {
     if (r.empty()) return;
-    if (!cache_.empty()) {
-      auto it = cache_.find(cache_key(r));
-      if (it != cache_.end()) {
-        const uint64_t b = cache_offsets_[it->second], e = cache_offsets_[it->second + 1];
-        for (uint64_t k = b; k < e; ++k) out.push_back(alphabet_[cache_children_[k] - kSymFirstToken]);
-        return;
-      }
+    uint64_t b, e;
+    if (cached(r, &b, &e)) {
+      for (uint64_t k = b; k < e; ++k) out.push_back(alphabet_[cache_children_[k] - kSymFirstToken]);
+      return;
     }
     thread_local std::vector<Child> kids;
     kids.clear();
@@ -365,6 +443,54 @@ class FMIndex {
 
  private:
   static uint64_t cache_key(Range r) { return (r.lo << 32) ^ r.hi; }
+
+  [[noreturn]] void corrupt(const std::string& why) const {
+    throw FormatError("shard file " + path_ + " is corrupt (" + why +
+                      "); rebuild the KB (KnowledgeBase.open(..., verify=True) names the damaged file)");
+  }
+
+  // A range computed inside the wavelet matrix must stay ordered and inside the rows.
+  void check_rows(uint64_t lo, uint64_t hi) const {
+    if (hi > h_.n_rows || lo > hi) corrupt("a rank value is out of range");
+  }
+
+  // The child range of symbol c from its range [lo, hi) in the matrix's bottom level; it must lie in
+  // c's block of rows [C[c], C[c+1]).
+  Range bottom(uint32_t c, uint64_t lo, uint64_t hi) const {
+    const int64_t a = D_[c] + int64_t(lo), b = D_[c] + int64_t(hi);
+    if (a < int64_t(C_[c]) || b > int64_t(C_[c + 1]) || a > b) corrupt("a rank value is out of range");
+    return Range{uint64_t(a), uint64_t(b)};
+  }
+
+  uint32_t sample_doc(uint64_t k) const {
+    if (k >= h_.n_samples) corrupt("a sample rank is out of range");
+    const uint32_t d = sample_docs_[k];
+    if (d >= h_.n_docs) corrupt("a sampled document number is out of range");
+    return d;
+  }
+
+  // The document that starts right after a SEP that belongs to document d.
+  uint32_t next_doc(uint32_t d) const {
+    if (uint64_t(d) + 1 >= h_.n_docs) corrupt("a document end lies past the last document");
+    return d + 1;
+  }
+
+  // Whether r's continuations are cached; [*b, *e) are then their slots in cache_children_ (checked
+  // here, at use, so that open() need not read the whole cache).
+  bool cached(Range r, uint64_t* b, uint64_t* e) const {
+    if (cache_.empty()) return false;
+    auto it = cache_.find(cache_key(r));
+    if (it == cache_.end()) return false;
+    *b = cache_offsets_[it->second];
+    *e = cache_offsets_[it->second + 1];
+    uint32_t prev = 0;
+    for (uint64_t k = *b; k < *e; ++k) {
+      const uint32_t c = cache_children_[k];
+      if (c < kSymFirstToken || c >= h_.sigma || c <= prev) corrupt("a cached continuation is not a valid symbol");
+      prev = c;
+    }
+    return true;
+  }
 
   // All distinct symbols of BWT[lo, hi) with their child ranges, in increasing order. Breadth-first:
   // each level's nodes are independent, so their rank look-ups are prefetched and overlap.
@@ -384,15 +510,20 @@ class FMIndex {
       nxt.clear();
       for (const Node& nd : cur) {
         const uint64_t rl = bv.rank1(nd.lo), rh = bv.rank1(nd.hi);
+        check_rows(nd.lo - rl, nd.hi - rh);
+        check_rows(z + rl, z + rh);
         if (nd.lo - rl < nd.hi - rh) nxt.push_back(Node{nd.lo - rl, nd.hi - rh, nd.code << 1});
         if (rl < rh) nxt.push_back(Node{z + rl, z + rh, (nd.code << 1) | 1});
       }
       cur.swap(nxt);
     }
-    for (const Node& nd : cur)
-      if (nd.code >= kSymFirstToken)
-        out.push_back(Child{alphabet_[nd.code - kSymFirstToken], uint64_t(D_[nd.code] + int64_t(nd.lo)),
-                            uint64_t(D_[nd.code] + int64_t(nd.hi))});
+    for (const Node& nd : cur) {
+      if (nd.code >= h_.sigma) corrupt("the wavelet matrix holds a symbol outside the alphabet");
+      if (nd.code >= kSymFirstToken) {
+        const Range r = bottom(uint32_t(nd.code), nd.lo, nd.hi);
+        out.push_back(Child{alphabet_[nd.code - kSymFirstToken], r.lo, r.hi});
+      }
+    }
   }
 
   template <typename T>
@@ -400,12 +531,15 @@ class FMIndex {
     return reinterpret_cast<const T*>(base_ + h_.offsets[s]);
   }
 
+  void validate(uint64_t size);
+
   std::string path_;
   const uint8_t* base_ = nullptr;
   size_t mapped_ = 0;
   fm_detail::Header h_{};
   const uint32_t* alphabet_ = nullptr;
   const int64_t* D_ = nullptr;
+  const uint64_t* C_ = nullptr;
   const uint64_t* zeros_ = nullptr;
   std::vector<RankView> level_;
   RankView samples_;
@@ -413,6 +547,7 @@ class FMIndex {
   const uint64_t* cache_offsets_ = nullptr;
   const uint32_t* cache_children_ = nullptr;
   std::unordered_map<uint64_t, uint64_t> cache_;
+  uint64_t walk_limit_ = 0;
 };
 
 // ===================================================================================================
@@ -437,12 +572,23 @@ inline FMIndex::FMIndex(const std::string& path) : path_(path) {
   if (p == MAP_FAILED) throw FormatError("cannot mmap shard file " + path + ": " + std::strerror(errno));
   base_ = static_cast<const uint8_t*>(p);
   mapped_ = size;
-  std::memcpy(&h_, base_, sizeof(h_));
-  auto fail = [&](const std::string& why) {
+  try {
+    validate(size);
+  } catch (...) {
     ::munmap(const_cast<uint8_t*>(base_), mapped_);
     base_ = nullptr;
-    throw FormatError("shard file " + path + ": " + why);
-  };
+    throw;
+  }
+}
+
+// Every check below is O(sigma + levels + cache entries) plus a few cache lines per rank directory:
+// cheap enough to run at every open, and together they guarantee that queries stay inside the mapping
+// (the per-query checks catch what only shows in the bulk data: rank counts and sample numbers).
+inline void FMIndex::validate(uint64_t size) {
+  using namespace fm_detail;
+  std::memcpy(&h_, base_, sizeof(h_));
+  auto fail = [&](const std::string& why) { throw FormatError("shard file " + path_ + ": " + why); };
+  auto bad = [&](const std::string& why) { fail("corrupt header or tables (" + why + "); rebuild the KB"); };
   if (std::memcmp(h_.magic, kMagic, 8) != 0) fail("not a gemkr FM-index shard (bad magic)");
   if (h_.version > kFormatVersion)
     fail("format version " + std::to_string(h_.version) + " is newer than this library's " +
@@ -453,24 +599,92 @@ inline FMIndex::FMIndex(const std::string& path) : path_(path) {
   if (h_.file_size != size)
     fail("size " + std::to_string(size) + " differs from the recorded " + std::to_string(h_.file_size) +
          " (truncated or corrupt); rebuild the KB");
-  for (uint32_t s = 0; s < fm_detail::kNumSections; ++s)
-    if (h_.offsets[s] + h_.sizes[s] > size) fail("section " + std::to_string(s) + " runs past the end of the file");
-  if (h_.levels == 0 || h_.levels > 33 || h_.sigma < 2) fail("implausible header");
 
-  alphabet_ = section<uint32_t>(fm_detail::kAlphabet);
-  D_ = section<int64_t>(fm_detail::kD);
-  zeros_ = section<uint64_t>(fm_detail::kZeros);
+  // Counts and alphabet.
+  if (h_.n_docs == 0) bad("no documents");
+  if (h_.n_rows >= (uint64_t(1) << 31) || h_.n_tokens >= h_.n_rows || h_.n_docs >= h_.n_rows ||
+      h_.n_rows != h_.n_tokens + h_.n_docs + 1)
+    bad("rows != tokens + documents + 1");
+  if (h_.sigma < kSymFirstToken || h_.sigma - kSymFirstToken > h_.n_tokens) bad("alphabet size");
+  if (h_.levels != std::max<uint32_t>(1, bit_width(h_.sigma - 1))) bad("levels do not match the alphabet size");
+  if (h_.max_doc_len > h_.n_tokens) bad("max_doc_len");
+  if (h_.sample_rate == 0) bad("sample_rate");
+  // Every text position that is a multiple of sample_rate or a document start is sampled.
+  const uint64_t multiples = h_.n_rows / h_.sample_rate + (h_.n_rows % h_.sample_rate != 0);
+  walk_limit_ = std::min(h_.sample_rate, h_.n_rows);  // a walk meets a sample in < sample_rate LF steps
+  if (h_.n_samples < std::max(multiples, h_.n_docs) || h_.n_samples > multiples + h_.n_docs - 1)
+    bad("sample count does not match sample_rate and documents");
+  if (h_.cache_entries > h_.n_rows || h_.cache_children > (h_.cache_entries ? size / 4 : 0)) bad("cache size");
+
+  // Section table: each section inside the file, 64-byte aligned, of exactly the size its counts imply.
   const uint64_t blocks = rank_blocks_for(h_.n_rows);
-  const uint64_t* lv = section<uint64_t>(fm_detail::kLevels);
+  const uint64_t expected[kNumSections] = {
+      (h_.sigma - kSymFirstToken) * 4, h_.sigma * 8, (h_.sigma + 1) * 8, uint64_t(h_.levels) * 8,
+      uint64_t(h_.levels) * blocks * kBlockWords * 8, blocks * kBlockWords * 8, h_.n_samples * 4,
+      h_.cache_entries * 16, (h_.cache_entries + 1) * 8, h_.cache_children * 4};
+  for (uint32_t s = 0; s < kNumSections; ++s) {
+    const uint64_t off = h_.offsets[s], n = h_.sizes[s];
+    if (off < sizeof(Header) || off % 64 != 0 || off > size || n > size - off)
+      fail("section " + std::to_string(s) + " runs past the end of the file (corrupt); rebuild the KB");
+    if (n != expected[s]) bad("section " + std::to_string(s) + " has " + std::to_string(n) + " bytes, expected " +
+                              std::to_string(expected[s]));
+  }
+
+  alphabet_ = section<uint32_t>(kAlphabet);
+  D_ = section<int64_t>(kD);
+  C_ = section<uint64_t>(kC);
+  zeros_ = section<uint64_t>(kZeros);
+  const uint64_t sigma = h_.sigma;
+  for (uint64_t k = 1; k < alphabet_size(); ++k)
+    if (alphabet_[k] <= alphabet_[k - 1]) bad("alphabet not increasing");
+  // C: every symbol occurs ($ once, SEP once per document), totals add up to the rows.
+  if (C_[0] != 0 || C_[1] != 1 || C_[2] != 1 + h_.n_docs || C_[sigma] != h_.n_rows) bad("C totals");
+  for (uint64_t c = 0; c < sigma; ++c)
+    if (C_[c + 1] <= C_[c]) bad("C not increasing");
+  // zeros[l]: symbols whose bit at level l is 0.
+  for (uint32_t l = 0; l < h_.levels; ++l) {
+    uint64_t z = 0;
+    const uint32_t shift = h_.levels - 1 - l;
+    for (uint64_t c = 0; c < sigma; ++c)
+      if (!((c >> shift) & 1)) z += C_[c + 1] - C_[c];
+    if (zeros_[l] != z) bad("zeros of level " + std::to_string(l));
+  }
+  // D[c] = C[c] - start of c in the bottom level, where symbols lie in the order of their bit-reversed codes.
+  {
+    uint64_t run = 0;
+    const uint64_t codes = uint64_t(1) << h_.levels;
+    for (uint64_t rev = 0; rev < codes; ++rev) {
+      uint64_t c = 0;
+      for (uint32_t b = 0; b < h_.levels; ++b) c |= ((rev >> b) & 1) << (h_.levels - 1 - b);
+      if (c >= sigma) continue;
+      if (D_[c] != int64_t(C_[c]) - int64_t(run)) bad("D of symbol " + std::to_string(c));
+      run += C_[c + 1] - C_[c];
+    }
+  }
+  // Rank directories: first count 0, last count = the level's ones (a cache line each).
+  const uint64_t* lv = section<uint64_t>(kLevels);
   level_.resize(h_.levels);
-  for (uint32_t l = 0; l < h_.levels; ++l) level_[l] = RankView{lv + l * blocks * kBlockWords, h_.n_rows};
-  samples_ = RankView{section<uint64_t>(fm_detail::kSampleBits), h_.n_rows};
-  sample_docs_ = section<uint32_t>(fm_detail::kSampleDocs);
-  cache_offsets_ = section<uint64_t>(fm_detail::kCacheOffsets);
-  cache_children_ = section<uint32_t>(fm_detail::kCacheChildren);
-  const uint64_t* keys = section<uint64_t>(fm_detail::kCacheKeys);
+  for (uint32_t l = 0; l < h_.levels; ++l) {
+    level_[l] = RankView{lv + l * blocks * kBlockWords, h_.n_rows};
+    if (level_[l].blocks[0] != 0 || level_[l].rank1(h_.n_rows) != h_.n_rows - zeros_[l])
+      bad("rank directory of level " + std::to_string(l));
+  }
+  samples_ = RankView{section<uint64_t>(kSampleBits), h_.n_rows};
+  if (samples_.blocks[0] != 0 || samples_.rank1(h_.n_rows) != h_.n_samples) bad("sample bits");
+  sample_docs_ = section<uint32_t>(kSampleDocs);
+  // Cache: offsets increasing to the children count, keys inside the rows (children are checked at use).
+  cache_offsets_ = section<uint64_t>(kCacheOffsets);
+  cache_children_ = section<uint32_t>(kCacheChildren);
+  if (cache_offsets_[0] != 0 || cache_offsets_[h_.cache_entries] != h_.cache_children) bad("cache offsets");
+  for (uint64_t e = 0; e < h_.cache_entries; ++e)
+    if (cache_offsets_[e + 1] < cache_offsets_[e]) bad("cache offsets not increasing");
+  const uint64_t* keys = section<uint64_t>(kCacheKeys);
   cache_.reserve(h_.cache_entries);
-  for (uint64_t e = 0; e < h_.cache_entries; ++e) cache_.emplace(cache_key(Range{keys[2 * e], keys[2 * e + 1]}), e);
+  for (uint64_t e = 0; e < h_.cache_entries; ++e) {
+    const uint64_t lo = keys[2 * e], hi = keys[2 * e + 1];
+    if (lo >= hi || hi > h_.n_rows) bad("cache key outside the rows");
+    cache_.emplace(cache_key(Range{lo, hi}), e);
+  }
 }
 
 inline FMIndex::~FMIndex() {
