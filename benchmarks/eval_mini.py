@@ -3,6 +3,7 @@
     python benchmarks/eval_mini.py                       # bm25, dense; question only
     python benchmarks/eval_mini.py --tags classifier,ocr # question + visual tags
     python benchmarks/eval_mini.py --retrievers bm25,dense,li --max-docs 2000
+    python benchmarks/eval_mini.py --dataset mini-text   # the text-only split: questions name the entity
 
 Prints the markdown table and appends one JSON line (results, settings, versions, CPU) to
 ``benchmarks/results/eval_mini.jsonl``. The corpus is the 10,033 packaged Wikipedia summaries unless
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eval_vqa.loaders import load_mini
+from eval_vqa.loaders import load_dataset
 from eval_vqa.runner import RunConfig, run_retrieval
 
 
@@ -39,6 +40,7 @@ def versions() -> dict[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=("mini", "mini-text"), default="mini")
     ap.add_argument("--retrievers", default="bm25,dense")
     ap.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
     ap.add_argument("--tags", help="tag backends, e.g. classifier,ocr")
@@ -47,12 +49,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_mini"))
     args = ap.parse_args()
 
-    cfg = RunConfig(dataset="mini", retrievers=args.retrievers.split(","), ks=sorted(set(args.k)),
+    cfg = RunConfig(dataset=args.dataset, retrievers=args.retrievers.split(","), ks=sorted(set(args.k)),
                     relevance=args.relevance, max_docs=args.max_docs, tags=args.tags)
-    suffix = ("-tags" if args.tags else "") + (f"-{args.max_docs}" if args.max_docs else "")
+    suffix = (("-text" if args.dataset == "mini-text" else "") + ("-tags" if args.tags else "")
+              + (f"-{args.max_docs}" if args.max_docs else ""))
     out = Path(args.out + suffix)
     t0 = time.perf_counter()
-    results = run_retrieval(load_mini(), cfg, out, progress=True)
+    results = run_retrieval(load_dataset(args.dataset), cfg, out, progress=True)
     print((out / "results.md").read_text())
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.perf_counter() - t0,
