@@ -68,6 +68,7 @@ class RetrieverEntry:
     uses_image: bool
     description: str
     oracle: bool = False
+    companions: tuple[str, ...] = ()
 
 
 RETRIEVERS: dict[str, RetrieverEntry] = {}
@@ -75,17 +76,32 @@ ANSWERERS: dict[str, tuple[AnswererFactory, str]] = {}
 
 
 def register_retriever(name: str, factory: RetrieverFactory, *, uses_tags: bool = False, uses_image: bool = True,
-                       description: str = "", oracle: bool = False, overwrite: bool = False) -> None:
+                       description: str = "", oracle: bool = False, companions: tuple[str, ...] = (),
+                       overwrite: bool = False) -> None:
     """Add a retriever factory under ``name``.
 
     ``uses_tags``: the retriever reads visual tags (its label gets ``+tags`` in tagged runs);
     ``uses_image``: it reads ``QueryBundle.image_path`` (text-only retrievers skip writing image files);
     ``oracle``: it reads the gold annotations (``options["gold"]``), so its rows are upper bounds, and
-    their labels say ``(oracle)``.
+    their labels say ``(oracle)``; ``companions``: retrievers always reported beside this one (a
+    hybrid's own parts: ``gemkr+bm25`` brings ``gemkr``), added to a run that names it without them.
     """
     if name in RETRIEVERS and not overwrite:
         raise ValueError(f"retriever {name!r} is already registered (pass overwrite=True to replace it)")
-    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description, oracle)
+    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description, oracle, tuple(companions))
+
+
+def with_companions(names: list[str]) -> list[str]:
+    """``names`` with every retriever's companions added just before it (once, order kept otherwise)."""
+    out: list[str] = []
+    for name in names:
+        entry = RETRIEVERS.get(name)
+        for companion in entry.companions if entry is not None else ():
+            if companion not in out and companion not in names:
+                out.append(companion)
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def register_answerer(name: str, factory: AnswererFactory, *, description: str = "", overwrite: bool = False) -> None:
@@ -200,8 +216,9 @@ register_retriever("clip", _clip, description="open_clip image -> passage text")
 register_retriever("li", _li, uses_tags=True, description="late interaction MaxSim (PreFLMR-style, small)")
 register_retriever("gemkr", _gemkr_factory, uses_tags=True, description="GeMKR clues by constrained decoding "
                    "(zero-shot SmolLM2 unless --option checkpoint=DIR)")
-register_retriever("gemkr+bm25", _gemkr_bm25, uses_tags=True, description="GeMKR and BM25 fused by reciprocal "
-                   "rank (LlamaIndex QueryFusionRetriever)")
+register_retriever("gemkr+bm25", _gemkr_bm25, uses_tags=True, companions=("gemkr",),
+                   description="GeMKR and BM25 fused by reciprocal rank (LlamaIndex QueryFusionRetriever); "
+                   "reported beside pure gemkr")
 register_retriever("gold", _gold, oracle=True, description="oracle: the query's gold documents (an upper bound)")
 register_answerer("reader", _reader, description="VQA reader (SmolLM2-135M-Instruct by default)")
 register_answerer("top-title", _top_title, description="top passage's doc id (floor baseline)")

@@ -13,14 +13,14 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .loaders.base import VQADataset, VQAQuery
 from .metrics import aggregate, answer_scores
-from .registry import RETRIEVERS, AnswerRequest, build_answerer, build_retriever
+from .registry import RETRIEVERS, AnswerRequest, build_answerer, build_retriever, with_companions
 from .report import ORACLE_MARK
 
 TagsFn = Callable[[VQAQuery], "str | None"]
@@ -224,6 +224,7 @@ def run_retrieval(
     from .evaluator import VQARetrieverEvaluator
     from .report import write_reports
 
+    config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
     run = RunDir(out_dir, config, len(docs))
@@ -283,6 +284,7 @@ def run_e2e(
     if not config.answerer:
         raise ValueError("e2e needs an answerer (--answerer)")
     k = config.reader_k or 5
+    config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
     run = RunDir(out_dir, config, len(docs))

@@ -61,6 +61,14 @@ def test_stock_query_fusion_splits_a_document_seen_with_different_metadata():
     assert hits[0].node.metadata == {"clues": [{"text": "c2"}]}
 
 
+def test_the_hybrid_is_reported_beside_pure_gemkr():
+    from eval_vqa.registry import with_companions
+
+    assert with_companions(["bm25", "gemkr+bm25"]) == ["bm25", "gemkr", "gemkr+bm25"]
+    assert with_companions(["gemkr+bm25", "gemkr", "gold"]) == ["gemkr+bm25", "gemkr", "gold"]
+    assert with_companions(["bm25", "dense"]) == ["bm25", "dense"]
+
+
 def test_query_generation_is_refused():
     with pytest.raises(ValueError, match="num_queries=4"):
         MultimodalFusionRetriever([Fixed([])], num_queries=4)
