@@ -249,12 +249,12 @@ def evaluate(model, eval_clues, tests, blank: bool) -> dict[str, float]:
 def evaluate_decoding(model, kb, tests, blank: bool, args) -> dict[str, float]:
     """R@1/R@5 of the documents that knowledge-guided constrained decoding finds (the full retriever)."""
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator, ClueQuery
+    from gemkr_llamaindex.llamaindex import ClueGenerator, VQAQueryBundle
 
     config = DecodingConfig(num_beams=args.beams, num_groups=args.groups, min_length=args.min_length,
                             max_length=args.max_length)
-    gen = ClueGenerator(kb, model=model, config=config, batch_size=8)
-    results = gen.generate([ClueQuery(QUESTION, _query_image(path, blank)) for path, _ in tests])
+    gen = ClueGenerator(model=model, config=config, batch_size=8)
+    results = gen.generate([VQAQueryBundle(query_str=QUESTION, image=_query_image(path, blank)) for path, _ in tests], kb)
     return recall([[h.doc_id for h in r.docs] for r in results], tests) | {
         "docs_per_query": sum(len(r.docs) for r in results) / len(tests)}
 

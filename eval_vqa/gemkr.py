@@ -1,46 +1,73 @@
-"""The ``gemkr`` evaluation retriever: GeMKR over a KB of the evaluated corpus (built once, cached)."""
+"""The ``gemkr`` evaluation retriever: GeMKR over a KB of the evaluated corpus (built once, cached).
+
+Which model: ``--option checkpoint=DIR`` (a trained GeMKR checkpoint), else, on the packaged Wikipedia
+summaries, the checkpoint that ships with the library (trained on pseudo-queries made from that corpus
+alone), else zero-shot ``--option llm=NAME`` (default the packaged SmolLM2). ``--option zero_shot=1``
+forces the zero-shot path. Decoding: the checkpoint's own settings (or :class:`DecodingConfig`'s
+defaults), overridden by any DecodingConfig field given as an option (``min_length=5``, ``anchor=mixed``,
+``beams=20`` ...).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from typing import Any
 
-def gemkr_retriever(docs: list, o: dict):
-    """GeMKR over a KB of the corpus (built once per corpus and tokenizer, cached).
+#: Factory options that are not decoding settings.
+OWN_OPTIONS = {"checkpoint", "llm", "zero_shot", "device", "batch_size", "top_k", "use_tags", "progress", "tagger"}
 
-    Zero-shot with the packaged SmolLM2 unless ``--option checkpoint=DIR`` names a trained GeMKR model.
-    Decoding options: ``beams``, ``groups``, ``min_length``, ``max_length``, ``constraint``.
-    """
-    import hashlib
 
+def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
+    """The KB of ``docs`` for ``tokenizer``: the packaged one when ``docs`` are the packaged summaries,
+    else one built once per corpus and tokenizer under the cache."""
     from gemkr_llamaindex.assets import cache_dir
-    from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase
-    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever
 
-    cfg = DecodingConfig(num_beams=int(o.get("beams", 20)), num_groups=int(o.get("groups", 4)),
-                         min_length=int(o.get("min_length", 10)), max_length=int(o.get("max_length", 15)),
-                         constraint=o.get("constraint", "topk"))
-    checkpoint = o.get("checkpoint")
-    if checkpoint:
-        from gemkr_llamaindex.model.gemkr import GeMKRModel
-
-        model = GeMKRModel.from_pretrained(checkpoint, device=o.get("device", "cpu"))
-        tokenizer = model.tokenizer
-    else:
-        from gemkr_llamaindex.assets import load_tokenizer
-
-        tokenizer = load_tokenizer(o.get("llm", "smollm2"))
     key = hashlib.sha256()
     key.update(str(getattr(tokenizer, "name_or_path", "")).encode())
     for doc_id, text in docs:
         key.update(doc_id.encode() + b"\0" + hashlib.sha256(text.encode()).digest())
     path = cache_dir() / "kb" / f"eval-{key.hexdigest()[:16]}"
     try:
-        kb = KnowledgeBase.open(path)
+        return KnowledgeBase.open(path)
     except IndexFormatError:
-        kb = KnowledgeBase.build(docs, tokenizer, path, overwrite=True, show_progress=o.get("progress", False))
-    if checkpoint:
-        gen = ClueGenerator(kb, model=model, config=cfg, batch_size=int(o.get("batch_size", 4)))
-    else:
-        gen = ClueGenerator.zero_shot_from(kb, o.get("llm", "smollm2"), config=cfg,
-                                           batch_size=int(o.get("batch_size", 4)))
-    return GeMKRRetriever(gen, similarity_top_k=o["top_k"])
+        return KnowledgeBase.build(docs, tokenizer, path, overwrite=True, show_progress=progress)
+
+
+def decoding_options(options: dict) -> dict[str, Any]:
+    """The options that are DecodingConfig fields (``beams``/``groups`` accepted)."""
+    from gemkr_llamaindex.decoding import DecodingConfig
+
+    fields = {f.name for f in dataclasses.fields(DecodingConfig)} | {"beams", "groups"}
+    return {k: v for k, v in options.items() if k in fields}
+
+
+def gemkr_generator(docs: list, o: dict):
+    """The clue generator the options ask for (see the module docstring)."""
+    from gemkr_llamaindex.decoding import DecodingConfig
+    from gemkr_llamaindex.llamaindex import ClueGenerator
+    from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
+
+    zero_shot = str(o.get("zero_shot", "0")).strip().lower() in ("1", "true", "yes")
+    checkpoint = o.get("checkpoint")
+    if checkpoint is None and not zero_shot:
+        from gemkr_llamaindex.checkpoints import packaged_checkpoint_for
+
+        checkpoint = packaged_checkpoint_for(docs)
+    batch = int(o.get("batch_size", 4))
+    if checkpoint and not zero_shot:
+        base = checkpoint_decoding_config(checkpoint)
+        return ClueGenerator.from_checkpoint(checkpoint, device=o.get("device", "cpu"), batch_size=batch,
+                                             config=DecodingConfig.from_options(decoding_options(o), base))
+    return ClueGenerator.zero_shot_llm(o.get("llm", "smollm2"), batch_size=batch,
+                                       config=DecodingConfig.from_options(decoding_options(o)))
+
+
+def gemkr_retriever(docs: list, o: dict):
+    """GeMKR over a KB of the corpus; see the module docstring."""
+    from gemkr_llamaindex.llamaindex import GeMKRRetriever
+
+    gen = gemkr_generator(docs, o)
+    kb = corpus_kb(docs, gen.tokenizer, progress=o.get("progress", False))
+    return GeMKRRetriever(gen, kb, similarity_top_k=o["top_k"])

@@ -23,15 +23,14 @@ DEMO_ITEMS = ("mini-003", "mini-001", "mini-012")
 
 
 def hint_tagger():
-    """image path -> hint string (ImageNet labels and OCR text), or None if the [tags] extra is missing."""
+    """image -> hint string (ImageNet labels and OCR text), or None if the [tags] extra is missing."""
     try:
-        from gemkr_llamaindex.tags import default_tagger, format_tags
+        from gemkr_llamaindex.tags import hint_tagger as make
 
-        tagger = default_tagger()
+        return make()
     except ImportError as exc:
         print(f"(visual tags unavailable: {exc})")
         return None
-    return lambda image: format_tags(tagger.tag(image)) or None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,22 +46,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from llama_index.core.schema import QueryBundle
 
-    from gemkr_llamaindex.images import packaged_image_path
     from eval_vqa.mini import load_mini_benchmark
     from gemkr_llamaindex.decoding import DecodingConfig
+    from gemkr_llamaindex.images import packaged_image_path
     from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever
     from reader import VQAQueryEngine, VQAReader
 
-    config = DecodingConfig(num_beams=20, num_groups=4, min_length=10, max_length=15)
     if args.checkpoint:
         print(f"GeMKR retriever: trained checkpoint {args.checkpoint}")
-        gen = ClueGenerator.from_checkpoint(args.checkpoint, kb, config=config)
+        gen = ClueGenerator.from_checkpoint(args.checkpoint)
     else:
         print("GeMKR retriever: ZERO-SHOT SmolLM2-135M-Instruct (no trained checkpoint given; pass --checkpoint DIR).")
         print("  The photo reaches the LLM only through its visual tags; constrained decoding keeps every clue in the KB.")
-        gen = ClueGenerator.zero_shot_from(kb, "smollm2", config=config)
+        gen = ClueGenerator.zero_shot_llm("smollm2", config=DecodingConfig())
     tagger = hint_tagger()
-    retriever = GeMKRRetriever(gen, similarity_top_k=5, tagger=tagger)
+    retriever = GeMKRRetriever(gen, kb, similarity_top_k=5, tagger=tagger)
     # The reader gets no tag hints: with gold passages they halved SmolLM2-135M's exact match on the mini
     # benchmark (0.46 -> 0.24; reader tests), while the retriever gains from them.
     engine = VQAQueryEngine(retriever, VQAReader(), top_k=3)

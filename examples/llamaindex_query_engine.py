@@ -16,9 +16,9 @@ from pathlib import Path
 from llama_index.core import Document
 from llama_index.core.schema import QueryBundle
 
-from gemkr_llamaindex.images import packaged_image_path
 from gemkr_llamaindex import ClueGenerator, DecodingConfig, GeMKRIndex
 from gemkr_llamaindex.assets import wiki_summaries
+from gemkr_llamaindex.images import packaged_image_path
 from reader import VQAQueryEngine, VQAReader
 
 
@@ -32,10 +32,10 @@ def main() -> None:
     keep = summaries[: args.docs] + [s for s in summaries[args.docs:] if s[0] in {"Caffeine", "Coffee"}]
     docs = [Document(text=text, id_=title) for title, text in keep]
     work = Path(tempfile.mkdtemp(prefix="gemkr-example-"))
-    index = GeMKRIndex.from_documents(docs, tokenizer="smollm2", kb_dir=work / "kb")
-    config = DecodingConfig(num_beams=20, num_groups=4, min_length=10, max_length=15)
-    gen = (ClueGenerator.from_checkpoint(args.checkpoint, index.kb, config=config) if args.checkpoint
-           else ClueGenerator.zero_shot_from(index.kb, "smollm2", config=config))
+    # A generator holds no KB: it exists before the index and can serve several (defaults: DecodingConfig()).
+    gen = (ClueGenerator.from_checkpoint(args.checkpoint) if args.checkpoint
+           else ClueGenerator.zero_shot_llm("smollm2", config=DecodingConfig(min_length=5, anchor="mixed")))
+    index = GeMKRIndex.from_documents(docs, generator=gen, kb_dir=work / "kb")
 
     query = QueryBundle(query_str="Which stimulant in this drink affects humans?",
                         image_path=str(packaged_image_path("skimage", "coffee")))

@@ -52,10 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work_dir)
 
+    from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.kb import KnowledgeBase
     from gemkr_llamaindex.model.gemkr import GeMKRModel
     from gemkr_llamaindex.model.tiny import TINY_CLIP_CFG, TINY_CLIP_NAME, build_tiny_llm
-    from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.training.trainer import TrainConfig, train
 
     if args.real:

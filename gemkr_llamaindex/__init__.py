@@ -19,22 +19,41 @@ _LAZY = {
     "GeMKRIndex": "gemkr_llamaindex.llamaindex",
     "GeMKRRetriever": "gemkr_llamaindex.llamaindex",
     "ClueGenerator": "gemkr_llamaindex.llamaindex",
+    "VQAQueryBundle": "gemkr_llamaindex.llamaindex",
     "DecodingConfig": "gemkr_llamaindex.decoding",
+    "GeMKRModel": "gemkr_llamaindex.model.gemkr",
+    "GeMKRConfig": "gemkr_llamaindex.model.config",
+    "TrainConfig": "gemkr_llamaindex.training.trainer",
+    "train": "gemkr_llamaindex.training.trainer",
+    "hint_tagger": "gemkr_llamaindex.tags",
+    "load_image": "gemkr_llamaindex.images",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from gemkr_llamaindex.decoding import DecodingConfig
+    from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
-    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever
+    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever, VQAQueryBundle
+    from gemkr_llamaindex.model.config import GeMKRConfig
+    from gemkr_llamaindex.model.gemkr import GeMKRModel
+    from gemkr_llamaindex.tags import hint_tagger
+    from gemkr_llamaindex.training.trainer import TrainConfig, train
 
 __all__ = [
     "ClueGenerator",
     "DecodingConfig",
+    "GeMKRConfig",
     "GeMKRIndex",
+    "GeMKRModel",
     "GeMKRRetriever",
     "KBError",
     "KnowledgeBase",
+    "TrainConfig",
+    "VQAQueryBundle",
     "__version__",
+    "hint_tagger",
+    "load_image",
+    "train",
 ]
 
 

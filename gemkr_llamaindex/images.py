@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image", "np.ndarray", "LoadedImage", Mapping]
+
+#: The one tagger contract (retriever, query engine, evaluation): any image input -> a hint string such
+#: as ``"tiger cat, Egyptian cat, EMT"``, or None. ``gemkr_llamaindex.tags.hint_tagger()`` makes one.
+HintTagger = Callable[[ImageInput], str | None]
 
 
 class ImageLoadError(ValueError):

@@ -37,9 +37,9 @@ def prompts_of(rows: list[list[int]]) -> Prompts:
 PROMPTS = [[5, 9, 13, 44, 71], [8, 120, 3], [150, 151, 152, 7, 9, 11, 13]]
 
 
-def run(kb, model, cfg, prompts=PROMPTS):
-    search = ConstrainedBeamSearch(kb, cfg)
-    return search(HFBackend(model), prompts_of(prompts), len(prompts))
+def run(kb, model, cfg, prompts=PROMPTS, **kwargs):
+    search = ConstrainedBeamSearch(cfg)
+    return search(HFBackend(model), prompts_of(prompts), len(prompts), kb, **kwargs)
 
 
 def test_one_group_without_early_stop_equals_transformers_beam_search(kb, model):
@@ -140,3 +140,128 @@ def test_config_errors():
         DecodingConfig(min_length=5, max_length=3)
     with pytest.raises(ValueError, match="constraint must be one of"):
         DecodingConfig(constraint="fast")
+
+
+# ---------------------------------------------------------------------------------------------- device-side selection
+def _host_search():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from host_search import HostSideBeamSearch
+
+    return HostSideBeamSearch
+
+
+@pytest.mark.parametrize("constraint", ["mask", "topk"])
+@pytest.mark.parametrize("groups,penalty,lp", [(1, 0.0, 1.0), (3, 0.5, 0.7), (6, 1.0, 1.0)])
+def test_device_side_selection_equals_the_host_side_search(kb, model, constraint, groups, penalty, lp):
+    """The search picks candidates with tensor ops where the log-probs are and fetches only (beams x m) of
+    them; it must return exactly what the former host-side search (full rows on the host) returned."""
+    cfg = DecodingConfig(num_beams=6, num_groups=groups, diversity_penalty=penalty, min_length=2, max_length=6,
+                         length_penalty=lp, constraint=constraint, topk_candidates=8, enumerate_below=3,
+                         allow_doc_end=False)
+    new = run(kb, model, cfg)
+    old = _host_search()(cfg)(HFBackend(model), prompts_of(PROMPTS), len(PROMPTS), kb)
+    for a, b in zip(new, old):
+        assert [(c.token_ids, c.doc_id) for c in a.clues] == [(c.token_ids, c.doc_id) for c in b.clues]
+        assert [c.score for c in a.clues] == pytest.approx([c.score for c in b.clues], abs=1e-6)
+        assert [d.doc_id for d in a.docs] == [d.doc_id for d in b.docs]
+
+
+def test_search_stats_are_per_call(kb, model):
+    from gemkr_llamaindex.decoding import SearchStats
+
+    cfg = DecodingConfig(num_beams=4, num_groups=2, min_length=2, max_length=4)
+    a, b = SearchStats(), SearchStats()
+    run(kb, model, cfg, stats=a)
+    run(kb, model, cfg, PROMPTS[:1], stats=b)
+    assert a.kb_calls > 0 and b.kb_calls > 0 and a.steps >= b.steps
+    assert a.total >= a.model and a.total >= a.kb
+    assert not hasattr(ConstrainedBeamSearch(cfg), "timings")  # nothing shared between calls
+
+
+# ---------------------------------------------------------------------------------------------- anchors and END, by brute force
+TINY_DOCS = [[5, 6], [5, 6, 7, 8, 9], [9, 10, 11, 5], [12, 5, 6, 13], [10, 11]]
+
+
+@pytest.fixture(scope="module")
+def tiny_kb(tmp_path_factory):
+    from conftest import as_text, word_tokenizer
+
+    from gemkr_llamaindex.kb import KnowledgeBase
+
+    docs = [(f"d{i}", as_text(d)) for i, d in enumerate(TINY_DOCS)]
+    return KnowledgeBase.build(docs, word_tokenizer(DECODING_VOCAB), tmp_path_factory.mktemp("tiny") / "kb",
+                               show_progress=False)
+
+
+def _occurrences(prefix: tuple[int, ...], anchored: bool) -> list[tuple[int, int]]:
+    """(doc, end position) of every occurrence of ``prefix`` (at document starts only when anchored)."""
+    out = []
+    for d, doc in enumerate(TINY_DOCS):
+        for s in ([0] if anchored else range(len(doc))):
+            if tuple(doc[s : s + len(prefix)]) == prefix:
+                out.append((d, s + len(prefix)))
+    return out
+
+
+def oracle_clues(cfg: DecodingConfig, anchored: bool) -> set[tuple[tuple[int, ...], bool, int]]:
+    """Every clue an exhaustive search finishes: (tokens, ends_document, doc). A live prefix finishes with a
+    token when it is unique and long enough (or at max_length), or with END when exactly one document ends
+    with it."""
+    found = set()
+    live = [()]
+    for length in range(1, cfg.max_length + 1):
+        nxt = []
+        for p in live:
+            occ = _occurrences(p, anchored) if p else None
+            if p:  # END: the clue ends where exactly one document ends with it
+                ends = {d for d, e in occ if e == len(TINY_DOCS[d])}
+                if len(ends) == 1 and sum(1 for d, e in occ if e == len(TINY_DOCS[d])) == 1:
+                    found.add((p, True, next(iter(ends))))
+            toks = {TINY_DOCS[d][e] for d, e in (occ if p else _occurrences((), anchored) or [])
+                    if e < len(TINY_DOCS[d])} if p else ({doc[0] for doc in TINY_DOCS} if anchored else
+                                                         {t for doc in TINY_DOCS for t in doc})
+            for t in sorted(toks):
+                q = (*p, t)
+                docs = {d for d, _ in _occurrences(q, anchored)}
+                unique = len(docs) == 1
+                if length == cfg.max_length or (length >= cfg.min_length and unique):
+                    if unique:
+                        found.add((q, False, next(iter(docs))))
+                    continue
+                nxt.append(q)
+        live = nxt
+    return found
+
+
+@pytest.mark.parametrize("anchor", ["any", "doc_start"])
+@pytest.mark.parametrize("constraint", ["mask", "topk"])
+def test_exhaustive_search_finds_exactly_the_brute_force_clues(tiny_kb, model, anchor, constraint):
+    """With more beams than prefixes the search is exhaustive: its clues must be the brute-force set,
+    including clues that end at a document's end (the two-token document d0 is reachable although
+    min_length is 3 and d1 starts with it too) and, anchored, only document openings."""
+    cfg = DecodingConfig(num_beams=64, num_groups=1, diversity_penalty=0.0, min_length=3, max_length=5,
+                         anchor=anchor, constraint=constraint, topk_candidates=4, enumerate_below=1)
+    res = run(tiny_kb, model, cfg, [PROMPTS[0]], end_token_id=1)[0]
+    got = {(tuple(c.token_ids), c.ends_document, int(c.doc_id[1:])) for c in res.clues}
+    want = oracle_clues(cfg, anchored=anchor == "doc_start")
+    assert got == want
+    assert ((5, 6), True, 0) in got  # the short document, ended by END
+    for c in res.clues:  # scores are the model's: EOS log-prob included for END clues
+        seq = c.token_ids + ([1] if c.ends_document else [])
+        assert c.logprob == pytest.approx(sequence_logprob(model, PROMPTS[0], seq), abs=1e-4)
+    without = run(tiny_kb, model, cfg.replace(allow_doc_end=False), [PROMPTS[0]], end_token_id=1)[0]
+    assert "d0" not in {c.doc_id for c in without.clues}  # the defect END fixes
+
+
+def test_mixed_anchoring_anchors_the_first_half_of_the_groups(tiny_kb, model):
+    cfg = DecodingConfig(num_beams=8, num_groups=4, min_length=2, max_length=4, anchor="mixed")
+    assert cfg.group_anchors() == ["doc_start", "doc_start", "any", "any"]
+    res = run(tiny_kb, model, cfg, PROMPTS, end_token_id=1)
+    anchored = {tuple(c.token_ids) for r in res for c in r.clues}
+    assert anchored
+    for r in res:
+        for c in r.clues:
+            assert _occurrences(tuple(c.token_ids), anchored=False)  # every clue occurs in the KB

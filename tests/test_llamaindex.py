@@ -13,7 +13,7 @@ from llama_index.core.schema import QueryBundle
 
 from gemkr_llamaindex import DecodingConfig, GeMKRIndex, GeMKRRetriever
 from gemkr_llamaindex.kb import TokenizerMismatchError
-from gemkr_llamaindex.llamaindex import ClueGenerator, ClueQuery
+from gemkr_llamaindex.llamaindex import ClueGenerator, VQAQueryBundle
 
 CFG = DecodingConfig(num_beams=4, num_groups=2, min_length=2, max_length=6)
 
@@ -34,19 +34,18 @@ def documents(wiki_docs):
 
 
 @pytest.fixture(scope="module")
-def index(documents, tiny_llm, tmp_path_factory):
+def generator(tiny_llm):
+    """A generator exists before any index: it holds no KB."""
     llm, tok = tiny_llm
-    kb_dir = tmp_path_factory.mktemp("idx") / "kb"
-    index = GeMKRIndex.from_documents(documents, tokenizer=tok, kb_dir=kb_dir)
-    assert index.kb.doc_ids([])[:3] == [d.id_ for d in documents[:3]]  # documents are the passages
-    gen = ClueGenerator(index.kb, llm=llm, tokenizer=tok, config=CFG)
-    index._generator = gen
-    return index
+    return ClueGenerator(llm=llm, tokenizer=tok, config=CFG)
 
 
 @pytest.fixture(scope="module")
-def generator(index):
-    return index._generator
+def index(documents, generator, tmp_path_factory):
+    kb_dir = tmp_path_factory.mktemp("idx") / "kb"
+    index = GeMKRIndex.from_documents(documents, generator=generator, kb_dir=kb_dir)
+    assert index.kb.doc_ids([])[:3] == [d.id_ for d in documents[:3]]  # documents are the passages
+    return index
 
 
 def test_retriever_returns_kb_documents_with_clues(index, generator):
@@ -68,13 +67,13 @@ def test_retriever_returns_kb_documents_with_clues(index, generator):
     assert "clues" not in index.docstore.get_node(hits[0].node.node_id).metadata
 
 
-def test_clues_map_to_their_documents(generator):
-    res = generator.generate([ClueQuery(question="Tell me about a famous tower")])[0]
+def test_clues_map_to_their_documents(generator, index):
+    res = generator.generate([VQAQueryBundle(query_str="Tell me about a famous tower")], index.kb)[0]
     assert res.clues
     for c in res.clues:
-        assert CFG.min_length <= len(c.token_ids) <= CFG.max_length
-        assert generator.kb.unique_doc(c.token_ids) == c.doc_id
-        assert c.text == generator.kb.decode(c.token_ids)
+        assert CFG.min_length <= len(c.token_ids) <= CFG.max_length or c.ends_document
+        assert index.kb.unique_doc(c.token_ids) == c.doc_id or c.ends_document
+        assert c.text == index.kb.decode(c.token_ids)
 
 
 def test_persistence_round_trip(index, generator, tmp_path):
@@ -84,8 +83,10 @@ def test_persistence_round_trip(index, generator, tmp_path):
     again = GeMKRIndex.from_persist_dir(tmp_path / "store", generator=generator)
     after = [(h.node.node_id, h.score) for h in again.as_retriever(similarity_top_k=4).retrieve("What is a volcano?")]
     assert before == after
-    loaded = load_index_from_storage(StorageContext.from_defaults(persist_dir=str(tmp_path / "store")),
-                                     generator=generator)
+    storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "store"))
+    with pytest.raises(ValueError, match="persist_dir=DIR"):
+        load_index_from_storage(storage, generator=generator)  # never guessed from an absolute path
+    loaded = load_index_from_storage(storage, generator=generator, persist_dir=tmp_path / "store")
     assert isinstance(loaded, GeMKRIndex)
     assert loaded.kb.num_docs == index.kb.num_docs
 
@@ -97,7 +98,7 @@ def test_query_engine_end_to_end_and_postprocessor(index):
     response = engine.query("Where is the Eiffel Tower?")
     assert response.source_nodes and str(response)
     assert all("clues" in n.node.metadata for n in response.source_nodes)
-    qe = index.as_query_engine(llm=MockLLM(max_tokens=8), generator=index._generator, similarity_top_k=2)
+    qe = index.as_query_engine(llm=MockLLM(max_tokens=8), similarity_top_k=2, response_mode="compact")
     assert len(qe.query("Where is the Eiffel Tower?").source_nodes) <= 2
 
 
@@ -115,6 +116,8 @@ def test_async_retrieval_and_batch(index):
 
 def test_bad_input(index, generator, tmp_path, large_vocab_tokenizer, tiny_llm):
     retriever = index.as_retriever()
+    with pytest.raises(TypeError, match="similarity_topk"):
+        index.as_retriever(similarity_topk=3)  # a typo is an error, not silently ignored
     with pytest.raises(FileNotFoundError, match="does not exist"):
         retriever.retrieve(QueryBundle(query_str="what is this?", image_path=str(tmp_path / "missing.jpg")))
     bad = tmp_path / "bad.jpg"
@@ -123,8 +126,11 @@ def test_bad_input(index, generator, tmp_path, large_vocab_tokenizer, tiny_llm):
         retriever.retrieve(QueryBundle(query_str="what is this?", image_path=str(bad)))
     with pytest.raises(ValueError, match="needs a question or an image"):
         retriever.retrieve(QueryBundle(query_str="  "))
+    other = ClueGenerator(llm=tiny_llm[0], tokenizer=large_vocab_tokenizer)
     with pytest.raises(TokenizerMismatchError, match="rebuild the KB"):
-        ClueGenerator(index.kb, llm=tiny_llm[0], tokenizer=large_vocab_tokenizer)
+        index.as_retriever(generator=other)  # the mismatch is found where the generator meets the KB
+    with pytest.raises(TokenizerMismatchError):
+        GeMKRRetriever(other, index.kb)
     with pytest.raises(NotImplementedError, match="rebuild it"):
         index.insert(Document(text="new", id_="new"))
     with pytest.raises(ValueError, match="needs a clue generator"):
@@ -139,14 +145,14 @@ def test_image_query_with_a_trained_style_gemkr_model(index, tmp_path):
     from gemkr_llamaindex.model.tiny import build_tiny_llm, tiny_config
 
     model = GeMKRModel(tiny_config(build_tiny_llm(tmp_path / "llm")))
-    gen = ClueGenerator(index.kb, model=model, config=CFG)
+    gen = ClueGenerator(model=model, config=CFG)
     img = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (200, 10, 10)).save(img)
     hits = index.as_retriever(generator=gen, similarity_top_k=2).retrieve(
         QueryBundle(query_str="What is shown?", image_path=str(img)))
     assert hits and all(h.node.node_id in set(index.kb.doc_ids([])) for h in hits)
-    text_only = gen.generate(["What is shown?"])[0]
-    assert all(index.kb.unique_doc(c.token_ids) == c.doc_id for c in text_only.clues)
+    text_only = gen.generate(["What is shown?"], index.kb)[0]
+    assert all(index.kb.unique_doc(c.token_ids) == c.doc_id for c in text_only.clues if not c.ends_document)
 
 
 def test_undecodable_image_error_survives_ultralytics_import(index, tmp_path):
@@ -157,3 +163,130 @@ def test_undecodable_image_error_survives_ultralytics_import(index, tmp_path):
     bad.write_bytes(b"\x89PNG but not really")
     with pytest.raises(ValueError, match="not a decodable image"):
         index.as_retriever().retrieve(QueryBundle(query_str="what is this?", image_path=str(bad)))
+
+
+# ---------------------------------------------------------------------------------------------- one owner of the KB
+def test_one_generator_serves_several_indexes(generator, wiki_docs, tmp_path):
+    a = GeMKRIndex.from_documents([Document(text=t, id_=d) for d, t in wiki_docs[100:110]], generator=generator,
+                                  kb_dir=tmp_path / "a")
+    b = GeMKRIndex.from_documents([Document(text=t, id_=d) for d, t in wiki_docs[200:210]], tokenizer=generator.tokenizer,
+                                  kb_dir=tmp_path / "b")
+    ids_a = {h.node.node_id for h in a.as_retriever(similarity_top_k=3).retrieve("What is it?")}
+    ids_b = {h.node.node_id for h in b.as_retriever(generator=generator, similarity_top_k=3).retrieve("What is it?")}
+    assert ids_a <= {d for d, _ in wiki_docs[100:110]} and ids_b <= {d for d, _ in wiki_docs[200:210]}
+    assert ids_a and ids_b
+
+
+def test_persisted_index_opens_only_its_own_kb(generator, wiki_docs, tmp_path):
+    import shutil
+
+    docs = [Document(text=t, id_=d) for d, t in wiki_docs[300:306]]
+    first = GeMKRIndex.from_documents(docs, generator=generator, kb_dir=tmp_path / "kb1")
+    first.persist(tmp_path / "store")
+    shutil.copytree(tmp_path / "store", tmp_path / "copy")
+    other = GeMKRIndex.from_documents([Document(text=t, id_=d) for d, t in wiki_docs[400:406]], generator=generator,
+                                      kb_dir=tmp_path / "kb2")
+    shutil.rmtree(tmp_path / "store")
+    other.persist(tmp_path / "store")  # another index where the first one was persisted
+    copy = GeMKRIndex.from_persist_dir(tmp_path / "copy", generator=generator)
+    assert set(copy.kb.doc_ids([])) == {d.id_ for d in docs}  # its own KB, not the one now at the old place
+    hits = copy.as_retriever(similarity_top_k=2).retrieve("What is it?")
+    assert hits and all(copy.docstore.get_node(h.node.node_id, raise_error=False) is not None for h in hits)
+    shutil.rmtree(tmp_path / "copy" / "gemkr_kb")
+    shutil.copytree(tmp_path / "store" / "gemkr_kb", tmp_path / "copy" / "gemkr_kb")  # a foreign KB
+    with pytest.raises(ValueError, match="mixes two indexes") as err:
+        GeMKRIndex.from_persist_dir(tmp_path / "copy", generator=generator)
+    assert copy.kb.build_id in str(err.value) and other.kb.build_id in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a persisted GeMKR index"):
+        GeMKRIndex.from_persist_dir(tmp_path / "empty")
+
+
+def test_from_persist_dir_checks_the_generator_against_the_kb(index, tmp_path, tiny_llm, large_vocab_tokenizer):
+    index.persist(tmp_path / "store")
+    with pytest.raises(TokenizerMismatchError):
+        GeMKRIndex.from_persist_dir(tmp_path / "store",
+                                    generator=ClueGenerator(llm=tiny_llm[0], tokenizer=large_vocab_tokenizer))
+
+
+# ---------------------------------------------------------------------------------------------- guards
+def test_a_prompt_past_the_context_is_refused_or_cut_before_any_forward(index, generator, tiny_llm):
+    huge = "Which tower? " * 3000  # far past the tiny model's 1024 positions
+    calls = []
+    handle = tiny_llm[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="context is 1024 positions"):
+            generator.generate([huge], index.kb)
+        assert not calls  # refused before any forward pass
+    finally:
+        handle.remove()
+    cutter = ClueGenerator(llm=tiny_llm[0], tokenizer=tiny_llm[1], config=CFG, on_long_prompt="truncate")
+    with pytest.warns(UserWarning, match="question cut"):
+        assert cutter.generate([huge], index.kb)[0] is not None
+
+
+def test_a_picture_the_zero_shot_generator_cannot_see(index, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(img)
+    retriever = index.as_retriever()
+    with pytest.raises(ValueError, match="give the retriever a tagger"):
+        retriever.retrieve(QueryBundle(query_str="", image_path=str(img)))
+    with pytest.warns(UserWarning, match="picture is ignored"):
+        retriever.retrieve(QueryBundle(query_str="what is this?", image_path=str(img)))
+    tagged = index.as_retriever(tagger=lambda image: "tower, Paris")
+    assert tagged.retrieve(QueryBundle(query_str="", image_path=str(img)))  # tags carry the picture
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+QUESTIONS = ["Where is the Eiffel Tower?", "What is a volcano?", "Who wrote music?", "Which city is big?"]
+
+
+def _same_as_sequential(retriever, bundles):
+    import threading
+
+    sequential = [[(h.node.node_id, h.score) for h in retriever.retrieve(b)] for b in bundles]
+
+    async def together():
+        return await asyncio.gather(*(retriever.aretrieve(b) for b in bundles))
+
+    gathered = [[(h.node.node_id, h.score) for h in hits] for hits in asyncio.run(together())]
+    threaded: list = [None] * len(bundles)
+
+    def work(i):
+        threaded[i] = [(h.node.node_id, h.score) for h in retriever.retrieve(bundles[i])]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bundles))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert any(sequential)
+    assert gathered == sequential
+    assert threaded == sequential
+
+
+def test_concurrent_zero_shot_retrieval_equals_sequential(index):
+    _same_as_sequential(index.as_retriever(similarity_top_k=3), [QueryBundle(query_str=q) for q in QUESTIONS])
+
+
+def test_concurrent_gemkr_retrieval_with_detector_and_backend_equals_sequential(index, tmp_path):
+    """The multimodal path (detector, vision tower, object cache) and a user-set backend factory under 4
+    concurrent aretrieve calls and 4 threads."""
+    import numpy as np
+    from PIL import Image
+
+    from gemkr_llamaindex.decoding import HFBackend
+    from gemkr_llamaindex.model.gemkr import GeMKRModel
+    from gemkr_llamaindex.model.tiny import build_tiny_llm, tiny_config
+
+    model = GeMKRModel(tiny_config(build_tiny_llm(tmp_path / "llm"), detector="yolov8n.yaml", detector_conf=0.0))
+    gen = ClueGenerator(model=model, config=CFG, backend=lambda kb, end: HFBackend(model.llm))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    bundles = [QueryBundle(query_str=q, image_path=str(p)) for q, p in zip(QUESTIONS, paths)]
+    _same_as_sequential(index.as_retriever(generator=gen, similarity_top_k=3), bundles)

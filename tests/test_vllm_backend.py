@@ -15,7 +15,8 @@ from conftest import DECODING_VOCAB, as_text
 
 from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts
 from gemkr_llamaindex.decoding.kb_logits import (
-    KBRows,
+    BackendRows,
+    allowed_tokens,
     choose_sink,
     dense_logprobs,
     log1mexp,
@@ -27,6 +28,7 @@ from gemkr_llamaindex.decoding.vllm_backend import (
     RequestKBMask,
     TopLogprobsBackend,
     VLLMBackend,
+    VLLMServer,
     export_lora_adapter,
     unpad_prompts,
 )
@@ -156,8 +158,8 @@ class EmulatedVLLM(TopLogprobsBackend):
     """What VLLMBackend's engine does for each request, in torch: run the model on the row's whole input
     (vLLM's prefix cache only saves work), apply the per-request processor, log-softmax, keep the top N."""
 
-    def __init__(self, model, kb, num_logprobs):
-        super().__init__(kb, VOCAB, num_logprobs, embed_tokens=model.get_input_embeddings())
+    def __init__(self, model, kb, num_logprobs, end_token_id=None):
+        super().__init__(kb, VOCAB, num_logprobs, embed_tokens=model.get_input_embeddings(), end_token_id=end_token_id)
         self.model = model
 
     def _top(self, allowed, sinks):
@@ -214,8 +216,8 @@ def test_top_n_processed_logprobs_give_the_hf_search(kb, model, constraint, prom
     cfg = DecodingConfig(num_beams=8, num_groups=4, diversity_penalty=0.5, min_length=2, max_length=6,
                          constraint=constraint, topk_candidates=4, enumerate_below=2)
     prompts = id_prompts(PROMPTS) if prompt_kind == "ids" else embed_prompts(model, PROMPTS)
-    reference = ConstrainedBeamSearch(kb, cfg)(HFBackend(model), prompts, len(PROMPTS))
-    emulated = ConstrainedBeamSearch(kb, cfg)(EmulatedVLLM(model, kb, logprobs_needed(cfg)), prompts, len(PROMPTS))
+    reference = ConstrainedBeamSearch(cfg)(HFBackend(model), prompts, len(PROMPTS), kb)
+    emulated = ConstrainedBeamSearch(cfg)(EmulatedVLLM(model, kb, logprobs_needed(cfg)), prompts, len(PROMPTS), kb)
     assert sum(len(r.clues) for r in reference) >= 6
     assert clues(emulated) == clues(reference)
     assert scores(emulated) == pytest.approx(scores(reference), abs=1e-5)
@@ -224,23 +226,42 @@ def test_top_n_processed_logprobs_give_the_hf_search(kb, model, constraint, prom
 def test_too_few_logprobs_change_the_result(kb, model):
     """The test above is sensitive: with top-2 log-probs per row the diverse search loses candidates."""
     cfg = DecodingConfig(num_beams=8, num_groups=4, diversity_penalty=0.5, min_length=2, max_length=6)
-    reference = ConstrainedBeamSearch(kb, cfg)(HFBackend(model), id_prompts(PROMPTS), len(PROMPTS))
-    starved = ConstrainedBeamSearch(kb, cfg)(EmulatedVLLM(model, kb, 2), id_prompts(PROMPTS), len(PROMPTS))
+    reference = ConstrainedBeamSearch(cfg)(HFBackend(model), id_prompts(PROMPTS), len(PROMPTS), kb)
+    starved = ConstrainedBeamSearch(cfg)(EmulatedVLLM(model, kb, 2), id_prompts(PROMPTS), len(PROMPTS), kb)
     assert clues(starved) != clues(reference)
+
+
+@pytest.mark.parametrize("constraint", ["mask", "topk"])
+def test_anchors_and_document_ends_inside_the_engine(kb, model, constraint):
+    """Anchored groups and END clues: the engine masks with the states the search hands over (END as EOS)."""
+    cfg = DecodingConfig(num_beams=8, num_groups=4, diversity_penalty=0.5, min_length=3, max_length=6,
+                         anchor="mixed", constraint=constraint, topk_candidates=4, enumerate_below=2)
+    reference = ConstrainedBeamSearch(cfg)(HFBackend(model), id_prompts(PROMPTS), len(PROMPTS), kb, end_token_id=1)
+    emulated = ConstrainedBeamSearch(cfg)(EmulatedVLLM(model, kb, logprobs_needed(cfg), end_token_id=1),
+                                         id_prompts(PROMPTS), len(PROMPTS), kb, end_token_id=1)
+    assert clues(emulated) == clues(reference)
+    assert scores(emulated) == pytest.approx(scores(reference), abs=1e-5)
 
 
 def test_rows_follow_the_search(kb, model):
     backend = EmulatedVLLM(model, kb, 5)
-    backend.start(id_prompts(PROMPTS[:2]))
+    root = kb.root_states(2)
+    backend.start(id_prompts(PROMPTS[:2]), root)
     first = int(kb.next_tokens([])[0])
     second = int(kb.next_tokens([first])[0])
-    backend.advance(torch.tensor([1, 1, 0]), torch.tensor([first, first, first]))
-    backend.advance(torch.tensor([2]), torch.tensor([second]))
+    one = kb.step(kb.root_states(3), [first] * 3).states
+    backend.advance(torch.tensor([1, 1, 0]), torch.tensor([first, first, first]), one)
+    two = kb.step(one[2:], [second]).states
+    backend.advance(torch.tensor([2]), torch.tensor([second]), two)
     assert backend.rows.prompt.tolist() == [0] and backend.rows.tokens == [(first, second)]
     assert backend.row_input(0) == PROMPTS[0] + [first, second]
-    assert backend.rows.allowed()[0].tolist() == kb.next_tokens([first, second]).tolist()
-    with pytest.raises(RuntimeError, match="start"):
-        KBRows(kb).advance([0], [first])
+    assert allowed_tokens(kb, two, None)[0].tolist() == kb.next_tokens([first, second]).tolist()
+    with pytest.raises(ValueError, match="states"):
+        backend.advance(torch.tensor([0]), torch.tensor([second]))  # an engine-side mask needs the row states
+    rows = BackendRows()
+    rows.start(1)
+    rows.advance([0, 0], [7, 8])
+    assert rows.tokens == [(7,), (8,)]
 
 
 def test_unpadding_drops_padding_and_hidden_slots(model):
@@ -264,7 +285,7 @@ def test_without_vllm_the_backend_names_the_install(kb):
     with pytest.raises(ImportError, match="CUDA machine"):
         vb.KBMaskLogitsProcessor  # noqa: B018 - built lazily, needs vLLM
     with pytest.raises(ImportError) as err:
-        VLLMBackend.create_llm("x", num_logprobs=5)
+        VLLMServer.create_llm("x", num_logprobs=5)
     assert str(err.value) == INSTALL_HINT
 
 
@@ -292,18 +313,25 @@ def test_lora_adapter_export_reloads_with_peft(model, tmp_path):
 
 
 def test_clue_generator_runs_on_a_given_backend(kb, model):
-    """``ClueGenerator(backend=...)`` drives its search through that engine (how VLLMBackend plugs into the
+    """``ClueGenerator(backend=factory)`` makes one engine backend per search (how VLLMServer plugs into the
     retriever) and returns what the default HF backend returns."""
     from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
 
     cfg = DecodingConfig(num_beams=8, num_groups=4, min_length=2, max_length=6)
     tok = kb.tokenizer
-    default = ClueGenerator(kb, llm=model, tokenizer=tok, config=cfg)
-    engine = EmulatedVLLM(model, kb, logprobs_needed(cfg))
-    plugged = ClueGenerator(kb, llm=model, tokenizer=tok, config=cfg, backend=engine)
+    default = ClueGenerator(llm=model, tokenizer=tok, config=cfg)
+    made = []
+
+    def factory(kb_, end_token_id):
+        made.append(EmulatedVLLM(model, kb_, logprobs_needed(cfg), end_token_id))
+        return made[-1]
+
+    plugged = ClueGenerator(llm=model, tokenizer=tok, config=cfg, backend=factory)
     queries = [as_text([5, 9, 13]), as_text([150, 151])]
-    reference, got = default.generate(queries), plugged.generate(queries)
-    assert len(engine.rows) > 0  # the engine answered the search's steps
+    reference, got = default.generate(queries, kb), plugged.generate(queries, kb)
+    assert made and all(len(b.rows) > 0 for b in made)  # the engine answered the search's steps
     assert sum(len(r.clues) for r in reference) >= 2
     assert clues(got) == clues(reference)
     assert scores(got) == pytest.approx(scores(reference), abs=1e-5)
+    plugged.generate(queries, kb)
+    assert len({id(b) for b in made}) == len(made)  # a fresh backend per search: nothing shared between calls

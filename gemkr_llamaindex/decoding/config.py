@@ -1,12 +1,19 @@
-"""Settings of knowledge-guided constrained decoding (paper: §Knowledge-guided Constraint Decoding)."""
+"""Settings of knowledge-guided constrained decoding (paper: §Knowledge-guided Constraint Decoding).
+
+This is the one source of decoding defaults: the ``gemkr retrieve`` CLI, the evaluation's ``gemkr``
+retriever and the demo all start from :class:`DecodingConfig` (``from_options`` reads ``key=value``
+overrides), and a trained checkpoint may carry its own (``decoding.json`` beside its weights).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
 CONSTRAINT_MODES = ("topk", "mask")
 DOC_SCORES = ("max", "logsumexp")
+ANCHOR_MODES = ("any", "doc_start", "mixed")
 
 
 @dataclass
@@ -18,10 +25,17 @@ class DecodingConfig:
 
     * ``min_length`` / ``max_length``: l_min and l_max in tokens. A beam stops as soon as it has at least
       ``min_length`` tokens and its clue occurs in exactly one document (ValidDistinct), or at
-      ``max_length``; clues that still map to several documents then are dropped.
+      ``max_length``; clues that still map to several documents then are dropped. A clue may also end at
+      a document's end whatever its length (``allow_doc_end``; scored with the model's EOS token).
     * ``length_penalty``: a clue's score is ``sum log p / len ** length_penalty``.
     * ``diversity_penalty``: Hamming diversity between groups (subtracted per earlier-group use of a token
       at the same step). It only steers the search; reported scores are the model's log-probabilities.
+    * ``anchor``: where clues may start: ``"any"`` position (the paper), ``"doc_start"`` (the first token
+      of a document: GENRE-style entity generation, since a Wikipedia-like document's first words name its
+      entity), or ``"mixed"`` (the first half of the groups anchored, the others free).
+    * ``prior_weight``: 0 ranks by the paper's clue likelihood. w > 0 ranks by a prior-calibrated score,
+      ``(log p(c | query) - w log p(c | empty query)) / len ** length_penalty`` (PMI-style), which demotes
+      generic openings that are likely whatever the question; it costs one batched scoring pass.
     * ``constraint``: ``"topk"`` checks the model's best tokens against the KB in descending order until
       each beam has the 2 x group-size allowed tokens beam search can use (exact, and cheap when a prefix
       has thousands of continuations); ``"mask"`` lists every continuation and masks the vocabulary.
@@ -38,6 +52,9 @@ class DecodingConfig:
     max_length: int = 15
     length_penalty: float = 1.0
     stop_when_unique: bool = True
+    allow_doc_end: bool = True
+    anchor: str = "any"
+    prior_weight: float = 0.0
     constraint: str = "topk"
     topk_candidates: int = 64
     enumerate_below: int = 256
@@ -52,12 +69,47 @@ class DecodingConfig:
             raise ValueError(f"constraint must be one of {CONSTRAINT_MODES}, got {self.constraint!r}")
         if self.doc_score not in DOC_SCORES:
             raise ValueError(f"doc_score must be one of {DOC_SCORES}, got {self.doc_score!r}")
+        if self.anchor not in ANCHOR_MODES:
+            raise ValueError(f"anchor must be one of {ANCHOR_MODES}, got {self.anchor!r}")
         if self.topk_candidates < 1 or self.enumerate_below < 0:
             raise ValueError("topk_candidates must be >= 1 and enumerate_below >= 0")
+        if self.prior_weight < 0:
+            raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
 
     @property
     def group_size(self) -> int:
         return self.num_beams // self.num_groups
 
+    def group_anchors(self) -> list[str]:
+        """The KB anchor of each group's clues (``"any"`` or ``"doc_start"``)."""
+        if self.anchor == "mixed":
+            anchored = (self.num_groups + 1) // 2
+            return ["doc_start"] * anchored + ["any"] * (self.num_groups - anchored)
+        return [self.anchor] * self.num_groups
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def replace(self, **changes: Any) -> DecodingConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], base: DecodingConfig | None = None) -> DecodingConfig:
+        """``base`` (default: the defaults) with ``key=value`` overrides, values given as text or typed.
+
+        Unknown keys are an error naming the valid ones; ``beams``/``groups`` are accepted for
+        ``num_beams``/``num_groups``.
+        """
+        base = base or cls()
+        aliases = {"beams": "num_beams", "groups": "num_groups"}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in options.items():
+            name = aliases.get(key, key)
+            if name not in fields:
+                raise ValueError(f"unknown decoding option {key!r}; valid: {sorted(fields)} (or beams, groups)")
+            kind = type(getattr(base, name))
+            if isinstance(value, str) and kind is not str:
+                value = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            changes[name] = value
+        return dataclasses.replace(base, **changes)

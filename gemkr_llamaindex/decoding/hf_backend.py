@@ -3,13 +3,20 @@
 Prompts come as input embeddings (the GeMKR multimodal prompt) or token ids, left-padded with an
 attention mask; positions follow the mask so padding and hidden slots take no position. Beams reuse the
 prompt's KV cache: each step reorders the cache rows to the surviving beams and feeds one token each.
+Only the last position's logits are computed (``logits_to_keep=1``), in the prefill and in every step.
+
+One ``HFBackend`` holds one search's cache: create one per search (``ClueGenerator`` does), never share
+one between threads. The model itself is read-only and may be shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from gemkr_llamaindex.transformers_compat import cache_kwargs, output_cache
 
 
 @dataclass
@@ -41,11 +48,11 @@ class HFBackend:
     def _forward(self, **kwargs) -> torch.Tensor:
         enabled = self.autocast_dtype is not None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
-            out = self.model(use_cache=True, past_key_values=self._cache, **kwargs)
-        self._cache = out.past_key_values
+            out = self.model(use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, self._cache), **kwargs)
+        self._cache = output_cache(out)
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
-    def start(self, prompts: Prompts) -> torch.Tensor:
+    def start(self, prompts: Prompts, states: np.ndarray | None = None) -> torch.Tensor:
         self._cache = None
         mask = prompts.attention_mask.to(self.device).long()
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -59,7 +66,7 @@ class HFBackend:
         self._next_pos = pos[:, -1] + 1
         return logp
 
-    def advance(self, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def advance(self, parents: torch.Tensor, tokens: torch.Tensor, states: np.ndarray | None = None) -> torch.Tensor:
         if self._cache is None:
             raise RuntimeError("call start() before advance()")
         parents = parents.to(self.device)

@@ -97,18 +97,13 @@ def dense_logprobs(top: Sequence[Mapping[int, float]], vocab_size: int, sinks: S
     return out
 
 
-class KBRows:
-    """Per backend row: the prompt it continues, the tokens generated so far and their KB state.
+class BackendRows:
+    """Per backend row: the prompt it continues and the tokens generated so far (an engine that is fed
+    whole inputs needs them); the rows' KB states come from the search with every call."""
 
-    A backend only sees ``advance(parents, tokens)``; this replays the search's own KB steps (one batched
-    ``extend`` per step, microseconds next to a model step) so the backend can name each row's allowed tokens.
-    """
-
-    def __init__(self, kb: Any) -> None:
-        self.kb = kb
+    def __init__(self) -> None:
         self.prompt = np.zeros(0, dtype=np.int64)
         self.tokens: list[tuple[int, ...]] = []
-        self.states: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -116,18 +111,24 @@ class KBRows:
     def start(self, num_prompts: int) -> None:
         self.prompt = np.arange(num_prompts, dtype=np.int64)
         self.tokens = [()] * num_prompts
-        self.states = self.kb.root_states(num_prompts)
 
     def advance(self, parents: Sequence[int], tokens: Sequence[int]) -> None:
-        if self.states is None:
-            raise RuntimeError("call start() before advance()")
         parents = np.asarray(parents, dtype=np.int64)
-        tokens = np.asarray(tokens, dtype=np.int64)
-        self.states = self.kb.extend(self.states[parents], tokens)
         self.prompt = self.prompt[parents]
-        self.tokens = [(*self.tokens[p], int(t)) for p, t in zip(parents.tolist(), tokens.tolist())]
+        self.tokens = [(*self.tokens[p], int(t)) for p, t in zip(parents.tolist(), np.asarray(tokens).tolist())]
 
-    def allowed(self) -> list[np.ndarray]:
-        """Each row's allowed next tokens (sorted, distinct)."""
-        offsets, tokens = self.kb.next_tokens_of(self.states)
-        return [tokens[offsets[i] : offsets[i + 1]] for i in range(len(self))]
+
+def allowed_tokens(kb: Any, states: np.ndarray, end_token_id: int | None) -> list[np.ndarray]:
+    """Each state's allowed next token ids (sorted, distinct): its KB continuations, with the KB's END
+    continuation as ``end_token_id`` (dropped when that is None)."""
+    offsets, tokens = kb.continuations(states)
+    out = []
+    for i in range(len(states)):
+        row = tokens[offsets[i] : offsets[i + 1]]
+        ends = row < 0
+        if ends.any():
+            row = row[~ends]
+            if end_token_id is not None:
+                row = np.unique(np.append(row, end_token_id))
+        out.append(row)
+    return out

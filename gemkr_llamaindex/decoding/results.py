@@ -16,10 +16,12 @@ class Clue:
     doc_index: int  # KB position of the one document it maps to
     doc_id: str
     text: str = ""
+    ends_document: bool = False  # the clue reaches its document's end (finished by the KB's END)
+    prior_logprob: float | None = None  # log-likelihood under an empty query (calibrated scores only)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "logprob": self.logprob, "score": self.score,
-                "doc_id": self.doc_id}
+                "doc_id": self.doc_id, "ends_document": self.ends_document, "prior_logprob": self.prior_logprob}
 
 
 @dataclass

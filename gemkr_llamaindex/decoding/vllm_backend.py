@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gemkr_llamaindex.decoding.kb_logits import KBRows, choose_sink, dense_logprobs, logprobs_needed, mass_preserving_mask
+from gemkr_llamaindex.decoding.kb_logits import (
+    BackendRows,
+    allowed_tokens,
+    choose_sink,
+    dense_logprobs,
+    logprobs_needed,
+    mass_preserving_mask,
+)
 
 INSTALL_HINT = "the vLLM backend needs vLLM: pip install 'gemkr-llamaindex[vllm]' on a CUDA machine"
 EXTRA_KEY = "gemkr_kb"  # SamplingParams.extra_args key: {"allowed": [ids], "sink": id | None}
@@ -145,25 +152,30 @@ def unpad_prompts(prompts: Any) -> list[torch.Tensor | list[int]]:
 
 class TopLogprobsBackend:
     """A :class:`~.beam_search.LogProbBackend` over an engine that returns each row's top-N KB-masked
-    log-probs. Subclasses implement :meth:`_top`; everything else (rows, KB states, sinks, dense rows) is here."""
+    log-probs. Subclasses implement :meth:`_top`; everything else (rows, sinks, dense rows) is here. The
+    search hands over each call's row states; the KB's END continuation is allowed as ``end_token_id``.
+    One object per search (it holds that search's rows)."""
+
+    masks_in_engine = True  # the search starts anchored and free groups on rows of their own
 
     def __init__(self, kb: Any, vocab_size: int, num_logprobs: int,
-                 embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 end_token_id: int | None = None) -> None:
         self.kb, self.vocab_size, self.num_logprobs = kb, int(vocab_size), int(num_logprobs)
-        self.embed_tokens = embed_tokens
-        self.rows = KBRows(kb)
+        self.embed_tokens, self.end_token_id = embed_tokens, end_token_id
+        self.rows = BackendRows()
         self._prompts: list[torch.Tensor | list[int]] = []
 
-    def start(self, prompts: Any) -> torch.Tensor:
+    def start(self, prompts: Any, states: np.ndarray | None = None) -> torch.Tensor:
         self._prompts = unpad_prompts(prompts)
         if self._prompts and isinstance(self._prompts[0], torch.Tensor) and self.embed_tokens is None:
             raise ValueError("embedding prompts need embed_tokens= (the LLM's input embedding layer)")
         self.rows.start(len(self._prompts))
-        return self._step()
+        return self._step(states)
 
-    def advance(self, parents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def advance(self, parents: torch.Tensor, tokens: torch.Tensor, states: np.ndarray | None = None) -> torch.Tensor:
         self.rows.advance(parents.tolist(), tokens.tolist())
-        return self._step()
+        return self._step(states)
 
     def row_input(self, r: int) -> torch.Tensor | list[int]:
         """Row ``r``'s whole input: its prompt followed by its generated tokens (as embeddings if embedded)."""
@@ -178,8 +190,11 @@ class TopLogprobsBackend:
             tail = self.embed_tokens(ids).detach().to("cpu", prompt.dtype)
         return torch.cat([prompt, tail])
 
-    def _step(self) -> torch.Tensor:
-        allowed = self.rows.allowed()
+    def _step(self, states: np.ndarray | None) -> torch.Tensor:
+        if states is None or len(states) != len(self.rows):
+            raise ValueError("this backend applies the KB constraint inside the engine: every call needs the KB "
+                             "states of its rows (ConstrainedBeamSearch passes them)")
+        allowed = allowed_tokens(self.kb, states, self.end_token_id)
         sinks = [choose_sink(a, self.vocab_size) for a in allowed]
         return dense_logprobs(self._top(allowed, sinks), self.vocab_size, sinks)
 
@@ -189,13 +204,44 @@ class TopLogprobsBackend:
 
 
 class VLLMBackend(TopLogprobsBackend):
-    """Next-token log-probs from a ``vllm.LLM`` built by :meth:`create_llm` (see the module docstring)."""
+    """One search's next-token log-probs from a ``vllm.LLM`` (made by :class:`VLLMServer`)."""
 
     def __init__(self, llm: Any, kb: Any, *, vocab_size: int, num_logprobs: int,
-                 embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None, lora_request: Any = None) -> None:
+                 embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None, lora_request: Any = None,
+                 end_token_id: int | None = None) -> None:
         _require_vllm()
-        super().__init__(kb, vocab_size, num_logprobs, embed_tokens)
+        super().__init__(kb, vocab_size, num_logprobs, embed_tokens, end_token_id)
         self.llm, self.lora_request = llm, lora_request
+
+    def _top(self, allowed: list[np.ndarray], sinks: list[int | None]) -> list[dict[int, float]]:
+        from vllm import SamplingParams
+
+        prompts, params = [], []
+        for r, (a, sink) in enumerate(zip(allowed, sinks)):
+            x = self.row_input(r)
+            prompts.append({"prompt_embeds": x} if isinstance(x, torch.Tensor) else {"prompt_token_ids": x})
+            # Greedy: one token whose choice is irrelevant; the processed log-probs are what we read.
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.num_logprobs, detokenize=False,
+                                         extra_args={EXTRA_KEY: {"allowed": a.tolist(), "sink": sink}}))
+        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
+        return [{int(t): float(lp.logprob) for t, lp in o.outputs[0].logprobs[0].items()} for o in outs]
+
+
+class VLLMServer:
+    """A vLLM engine shared by every search: calling it with a KB makes one search's :class:`VLLMBackend`.
+
+    Pass it as ``ClueGenerator(..., backend=server)``; the engine (heavy, on the GPU) is built once, each
+    search gets its own rows, so concurrent retrievals never share per-search state.
+    """
+
+    def __init__(self, llm: Any, *, vocab_size: int, num_logprobs: int,
+                 embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None, lora_request: Any = None) -> None:
+        self.llm, self.vocab_size, self.num_logprobs = llm, vocab_size, num_logprobs
+        self.embed_tokens, self.lora_request = embed_tokens, lora_request
+
+    def __call__(self, kb: Any, end_token_id: int | None = None) -> VLLMBackend:
+        return VLLMBackend(self.llm, kb, vocab_size=self.vocab_size, num_logprobs=self.num_logprobs,
+                           embed_tokens=self.embed_tokens, lora_request=self.lora_request, end_token_id=end_token_id)
 
     @staticmethod
     def create_llm(model: str | Path, *, num_logprobs: int, lora_rank: int | None = None, **llm_kwargs: Any) -> Any:
@@ -216,38 +262,22 @@ class VLLMBackend(TopLogprobsBackend):
         return LLM(**{**kwargs, **llm_kwargs})
 
     @classmethod
-    def from_gemkr(cls, model: Any, kb: Any, config: Any = None, adapter_dir: str | Path | None = None,
-                   **llm_kwargs: Any) -> VLLMBackend:
-        """A backend serving a trained GeMKRModel: vLLM loads the base LLM named in its config plus its LoRA
+    def from_gemkr(cls, model: Any, config: Any = None, adapter_dir: str | Path | None = None,
+                   **llm_kwargs: Any) -> VLLMServer:
+        """A server for a trained GeMKRModel: vLLM loads the base LLM named in its config plus its LoRA
         adapter, exported to ``adapter_dir`` (a temporary folder when None)."""
         _require_vllm()
         from vllm.lora.request import LoRARequest
 
+        from gemkr_llamaindex.assets import resolve_model
         from gemkr_llamaindex.decoding.config import DecodingConfig
-        from gemkr_llamaindex.model.llm import resolve_llm_path
 
-        path, extra = resolve_llm_path(model.config.llm)
-        if extra:
-            raise ValueError(f"vLLM needs a Hugging Face model folder or hub name for the base LLM, not {model.config.llm!r}")
         adapter = export_lora_adapter(model, adapter_dir or tempfile.mkdtemp(prefix="gemkr-lora-"))
         n = logprobs_needed(config or DecodingConfig())
-        llm = cls.create_llm(path, num_logprobs=n, lora_rank=model.config.lora_r, **llm_kwargs)
+        llm = cls.create_llm(resolve_model(model.config.llm), num_logprobs=n, lora_rank=model.config.lora_r, **llm_kwargs)
         embed = model.llm.get_input_embeddings()
-        return cls(llm, kb, vocab_size=embed.num_embeddings, num_logprobs=n, embed_tokens=embed,
+        return cls(llm, vocab_size=embed.num_embeddings, num_logprobs=n, embed_tokens=embed,
                    lora_request=LoRARequest("gemkr", 1, str(adapter)))
-
-    def _top(self, allowed: list[np.ndarray], sinks: list[int | None]) -> list[dict[int, float]]:
-        from vllm import SamplingParams
-
-        prompts, params = [], []
-        for r, (a, sink) in enumerate(zip(allowed, sinks)):
-            x = self.row_input(r)
-            prompts.append({"prompt_embeds": x} if isinstance(x, torch.Tensor) else {"prompt_token_ids": x})
-            # Greedy: one token whose choice is irrelevant; the processed log-probs are what we read.
-            params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.num_logprobs, detokenize=False,
-                                         extra_args={EXTRA_KEY: {"allowed": a.tolist(), "sink": sink}}))
-        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
-        return [{int(t): float(lp.logprob) for t, lp in o.outputs[0].logprobs[0].items()} for o in outs]
 
 
 def export_lora_adapter(model: Any, out_dir: str | Path) -> Path:

@@ -1,7 +1,8 @@
-"""LlamaIndex integration: GeMKRIndex, GeMKRRetriever and the ClueGenerator behind them."""
+"""LlamaIndex integration: GeMKRIndex, GeMKRRetriever, the ClueGenerator behind them, the multimodal query."""
 
-from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator, ClueQuery
+from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
 from gemkr_llamaindex.llamaindex.index import GeMKRIndex, GeMKRIndexStruct
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 from gemkr_llamaindex.llamaindex.retriever import GeMKRRetriever
 
-__all__ = ["ClueGenerator", "ClueQuery", "GeMKRIndex", "GeMKRIndexStruct", "GeMKRRetriever"]
+__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRIndexStruct", "GeMKRRetriever", "VQAQueryBundle"]

@@ -1,10 +1,17 @@
-"""``gemkr retrieve``: clues and documents for an image + question over a KB directory."""
+"""``gemkr retrieve``: clues and documents for an image + question over a KB directory.
+
+Decoding settings default to :class:`~gemkr_llamaindex.decoding.DecodingConfig` (or the checkpoint's own
+``decoding.json``); flags and ``--option key=value`` override single fields.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
+
+FLAG_FIELDS = {"beams": "num_beams", "groups": "num_groups", "min_length": "min_length", "max_length": "max_length",
+               "constraint": "constraint", "anchor": "anchor"}
 
 
 def register(subparsers: Any) -> None:
@@ -13,44 +20,62 @@ def register(subparsers: Any) -> None:
     r.add_argument("--question", "-q", default="", help="the question")
     r.add_argument("--image", "-i", default=None, help="query image path")
     r.add_argument("--checkpoint", default=None, help="trained GeMKR checkpoint; default: zero-shot --llm")
-    r.add_argument("--llm", default="smollm2", help="zero-shot causal LM (name/path; 'smollm2' = packaged)")
+    r.add_argument("--llm", default="smollm2", help="zero-shot causal LM (folder, .gguf file, or 'smollm2' = packaged)")
     r.add_argument("--tags", default="auto",
                    help="visual tags: 'auto' (classifier + OCR, needs the [tags] extra), 'none', or literal text")
     r.add_argument("--top-k", type=int, default=5)
-    r.add_argument("--beams", type=int, default=20)
-    r.add_argument("--groups", type=int, default=4)
-    r.add_argument("--min-length", type=int, default=10)
-    r.add_argument("--max-length", type=int, default=15)
-    r.add_argument("--constraint", choices=["topk", "mask"], default="topk")
+    r.add_argument("--beams", type=int, default=None, help="default: DecodingConfig / the checkpoint's")
+    r.add_argument("--groups", type=int, default=None)
+    r.add_argument("--min-length", type=int, default=None)
+    r.add_argument("--max-length", type=int, default=None)
+    r.add_argument("--constraint", choices=["topk", "mask"], default=None)
+    r.add_argument("--anchor", choices=["any", "doc_start", "mixed"], default=None)
+    r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any DecodingConfig field")
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def decoding_config(args: argparse.Namespace, base: Any = None):
+    """``base`` (or the defaults) with the flags and ``--option`` pairs that were given."""
     from gemkr_llamaindex.decoding import DecodingConfig
+
+    options: dict[str, Any] = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
+                               if getattr(args, flag) is not None}
+    for pair in args.option:
+        if "=" not in pair:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value
+    return DecodingConfig.from_options(options, base)
+
+
+def run(args: argparse.Namespace) -> int:
     from gemkr_llamaindex.kb import KnowledgeBase
-    from gemkr_llamaindex.llamaindex import ClueGenerator, ClueQuery
+    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever, VQAQueryBundle
+    from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
 
     kb = KnowledgeBase.open(args.kb_dir)
-    cfg = DecodingConfig(num_beams=args.beams, num_groups=args.groups, min_length=args.min_length,
-                         max_length=args.max_length, constraint=args.constraint)
-    tags = None
+    tags = None if args.tags in ("auto", "none") else args.tags
+    tagger = None
     if args.tags == "auto" and args.image:
-        from gemkr_llamaindex.tags import default_tagger, format_tags
+        from gemkr_llamaindex.tags import hint_tagger
 
-        tags = format_tags(default_tagger().tag(args.image)) or None
-    elif args.tags not in ("auto", "none"):
-        tags = args.tags
-    gen = (ClueGenerator.from_checkpoint(args.checkpoint, kb, config=cfg) if args.checkpoint
-           else ClueGenerator.zero_shot_from(kb, args.llm, config=cfg))
-    res = gen.generate([ClueQuery(question=args.question, image=args.image, tags=tags)])[0]
+        tagger = hint_tagger()
+    if args.checkpoint:
+        gen = ClueGenerator.from_checkpoint(args.checkpoint,
+                                            config=decoding_config(args, checkpoint_decoding_config(args.checkpoint)))
+    else:
+        gen = ClueGenerator.zero_shot_llm(args.llm, config=decoding_config(args))
+    retriever = GeMKRRetriever(gen, kb, similarity_top_k=args.top_k, tagger=tagger)
+    bundle = retriever._bundle(VQAQueryBundle(query_str=args.question, image_path=args.image, tags=tags))
+    res = retriever.results([bundle])[0]
     if args.json:
-        print(json.dumps({"tags": tags, "docs": [
+        print(json.dumps({"tags": bundle.tags, "docs": [
             {"doc_id": d.doc_id, "score": d.score, "clues": [c.to_dict() for c in d.clues]} for d in res.docs[: args.top_k]
         ]}, indent=2, ensure_ascii=False))
         return 0
     mode = f"checkpoint {args.checkpoint}" if args.checkpoint else f"zero-shot {args.llm}"
-    print(f"{mode}; visual tags: {tags or '-'}")
+    print(f"{mode}; visual tags: {bundle.tags or '-'}")
     for rank, d in enumerate(res.docs[: args.top_k], start=1):
         print(f"{rank}. {d.doc_id}  score {d.score:.3f}  clue {d.clues[0].text!r}")
     return 0

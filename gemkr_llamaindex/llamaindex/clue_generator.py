@@ -1,59 +1,60 @@
-"""ClueGenerator: a query (question, optional image, optional visual tags) -> knowledge clues and documents.
+"""ClueGenerator: multimodal queries -> knowledge clues and documents, for whichever KB the caller names.
 
-Two prompt paths feed the same constrained search:
+A generator is a model plus prompt building plus decoding settings; it holds no knowledge base. The KB
+is an argument of :meth:`ClueGenerator.generate` (the retriever binds its index's KB in one place), so one
+generator can exist before any index and serve several. Two prompt paths feed the same constrained
+search:
 
-* **GeMKR** (a trained :class:`~gemkr_llamaindex.model.gemkr.GeMKRModel`): the multimodal prompt —
-  instruction template with the aligned CLIP [CLS] and object features spliced into the LLM's input
-  embeddings (paper Eq. 7) — decoded by the LoRA-tuned LLM.
-* **Zero-shot** (any instruct causal LM, e.g. the packaged SmolLM2): a text instruction holding the
-  question and the visual tags; the image reaches the model only through those tags. Use it when no
-  trained checkpoint exists; it is what ``make demo`` runs.
+* **GeMKR** (a trained :class:`~gemkr_llamaindex.model.gemkr.GeMKRModel`): the instruction template with
+  the aligned CLIP [CLS] and object features spliced into the LLM's input embeddings (paper Eq. 7),
+  decoded by the LoRA-tuned LLM; a checkpoint without a vision tower reads question + visual tags.
+* **Zero-shot** (any instruct causal LM, e.g. the packaged SmolLM2): a chat instruction holding the
+  question and the visual tags; the image reaches the model only through those tags.
+
+Every call builds its own backend state (KV cache) from the shared, read-only model, so concurrent calls
+(``aretrieve`` runs in worker threads) give exactly what sequential calls give.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from llama_index.core.schema import QueryBundle
 
-from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, LogProbBackend, Prompts, QueryResult
+from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts, QueryResult, SearchStats
+from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 ZERO_SHOT_SYSTEM = (
     "You are a knowledge retriever. Quote the beginning of an encyclopedia sentence that answers the "
     "question about the image."
 )
+LONG_PROMPT_MODES = ("error", "truncate")
 
-
-@dataclass
-class ClueQuery:
-    """One retrieval query. ``image`` is a path or a PIL image; ``tags`` a plain hint string."""
-
-    question: str = ""
-    image: Any = None
-    tags: str | None = None
-
-
-def load_image(image: Any):
-    """A PIL RGB image from a path, bytes or PIL image; clear errors for a missing or undecodable file."""
-    from gemkr_llamaindex.images import load_image as decode
-
-    return decode(image).image
-
-
-def check_query(q: ClueQuery) -> None:
-    if not (q.question or "").strip() and q.image is None:
-        raise ValueError("a query needs a question or an image; both are empty")
+#: ``backend(kb, end_token_id) -> LogProbBackend``: makes one search's backend (e.g. a ``VLLMServer``).
+BackendFactory = Callable[[Any, "int | None"], Any]
 
 
 class ClueGenerator:
-    """Generates knowledge clues for batches of queries with knowledge-guided constrained decoding."""
+    """Generates knowledge clues for batches of queries with knowledge-guided constrained decoding.
+
+    Args:
+        model / llm + tokenizer: a trained GeMKRModel, or a zero-shot causal LM and its tokenizer.
+        config: decoding settings (default: :class:`DecodingConfig`'s defaults).
+        batch_size: queries decoded together.
+        backend: a factory ``(kb, end_token_id) -> backend`` for another inference engine; default: a
+            KV-cached :class:`HFBackend` over the model, one per call.
+        on_long_prompt: a prompt that does not fit the model's context (minus ``max_length`` clue tokens)
+            raises (``"error"``, the default) or has its question cut from the end (``"truncate"``, with a
+            warning); either way before any forward pass.
+    """
 
     def __init__(
         self,
-        kb: Any,
         *,
         model: Any = None,
         llm: Any = None,
@@ -61,21 +62,28 @@ class ClueGenerator:
         config: DecodingConfig | None = None,
         batch_size: int = 4,
         system_prompt: str = ZERO_SHOT_SYSTEM,
-        backend: LogProbBackend | None = None,
+        backend: BackendFactory | None = None,
+        on_long_prompt: str = "error",
     ) -> None:
         if (model is None) == (llm is None):
             raise ValueError("give exactly one of model= (a trained GeMKRModel) or llm= (a zero-shot causal LM)")
-        self.kb = kb
+        if on_long_prompt not in LONG_PROMPT_MODES:
+            raise ValueError(f"on_long_prompt must be one of {LONG_PROMPT_MODES}, got {on_long_prompt!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
         self.model = model
         self.llm = llm if llm is not None else model.llm
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         if self.tokenizer is None:
             raise ValueError("a zero-shot llm needs its tokenizer=")
-        kb.check_tokenizer(self.tokenizer)  # TokenizerMismatchError names both tokenizers
-        self.search = ConstrainedBeamSearch(kb, config or DecodingConfig())
+        self.search = ConstrainedBeamSearch(config or DecodingConfig())
         self.batch_size = batch_size
         self.system_prompt = system_prompt
-        self.backend = backend  # None: a KV-cached HFBackend over ``llm`` (e.g. VLLMBackend.from_gemkr on a GPU)
+        self.backend = backend
+        self.on_long_prompt = on_long_prompt
+        self._checked_kbs: set[str] = set()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
 
     @property
     def config(self) -> DecodingConfig:
@@ -85,43 +93,86 @@ class ClueGenerator:
     def zero_shot(self) -> bool:
         return self.model is None
 
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether the picture itself reaches the model (a GeMKR model with a vision tower)."""
+        return self.model is not None and self.model.has_vision
+
+    @property
+    def end_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.llm.config, "max_position_embeddings", 0) or 0)
+
     @classmethod
-    def zero_shot_from(cls, kb: Any, llm: str = "smollm2", **kwargs: Any) -> ClueGenerator:
-        """A zero-shot generator over an HF causal LM by name or path (``"smollm2"`` = packaged)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def zero_shot_llm(cls, llm: str = "smollm2", **kwargs: Any) -> ClueGenerator:
+        """A zero-shot generator over a causal LM by name, folder or ``.gguf`` file (``"smollm2"`` = packaged)."""
+        from gemkr_llamaindex.model.llm import load_llm
 
-        from gemkr_llamaindex.assets import smollm2_path
-
-        path = str(smollm2_path()) if llm.lower() == "smollm2" else llm
-        if not Path(path).exists() and "/" not in path:
-            raise FileNotFoundError(f"LLM {llm!r} is neither a local folder nor a model name")
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        return cls(kb, llm=model, tokenizer=tok, **kwargs)
+        model, tok = load_llm(llm)
+        return cls(llm=model, tokenizer=tok, **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, kb: Any, device: str = "cpu", **kwargs: Any) -> ClueGenerator:
-        """A generator over a trained GeMKR checkpoint (``GeMKRModel.save_pretrained`` output)."""
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", config: DecodingConfig | None = None,
+                        **kwargs: Any) -> ClueGenerator:
+        """A generator over a trained GeMKR checkpoint (``GeMKRModel.save_pretrained`` output). The
+        checkpoint's own decoding settings (``decoding.json``, if it has one) are the default ``config``."""
         from gemkr_llamaindex.model.gemkr import GeMKRModel
 
         model = GeMKRModel.from_pretrained(checkpoint, device=device)
         model.eval()
-        return cls(kb, model=model, **kwargs)
+        return cls(model=model, config=config or checkpoint_decoding_config(checkpoint), **kwargs)
+
+    # ------------------------------------------------------------------ the KB
+    def check_kb(self, kb: Any) -> None:
+        """Raise ``TokenizerMismatchError`` (naming both sides) unless clues of this model are ids of ``kb``."""
+        key = str(getattr(kb, "build_id", None) or id(kb))
+        if key in self._checked_kbs:
+            return
+        kb.check_tokenizer(self.tokenizer)
+        self._checked_kbs.add(key)
 
     # ------------------------------------------------------------------ prompts
-    def _text_prompts(self, queries: Sequence[ClueQuery]) -> Prompts:
-        rows = []
-        for q in queries:
-            user = f"Question: {q.question.strip()}"
-            if q.tags:
-                user += f"\nVisual tags: {q.tags}"
-            if getattr(self.tokenizer, "chat_template", None):
-                msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
-                text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                ids = self.tokenizer(text, add_special_tokens=False).input_ids
-            else:
-                ids = self.tokenizer(f"{self.system_prompt}\n{user}\nAnswer:").input_ids
-            rows.append(ids)
+    def _chat_ids(self, question: str, tags: str | None) -> list[int]:
+        user = f"Question: {question.strip()}"
+        if tags:
+            user += f"\nVisual tags: {tags}"
+        if getattr(self.tokenizer, "chat_template", None):
+            msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer(f"{self.system_prompt}\n{user}\nAnswer:").input_ids
+
+    def _prompt_length(self, question: str, tags: str | None) -> int:
+        if self.zero_shot:
+            return len(self._chat_ids(question, tags))
+        return self.model.prompt_lengths([question], [tags])[0]
+
+    def _fit(self, q: VQAQueryBundle, index: int) -> str:
+        """The question, checked (or cut) so that prompt + clue fit the model's context."""
+        limit = self.context_length - self.config.max_length
+        if self.context_length <= 0:
+            return q.query_str
+        n = self._prompt_length(q.query_str, q.tags)
+        if n <= limit:
+            return q.query_str
+        if self.on_long_prompt == "error":
+            raise ValueError(
+                f"query {index}: the prompt has {n} tokens but the model's context is {self.context_length} "
+                f"positions, {self.config.max_length} of them for the clue; shorten the question or pass "
+                "ClueGenerator(on_long_prompt='truncate')"
+            )
+        ids = self.tokenizer(q.query_str, add_special_tokens=False).input_ids
+        keep = max(len(ids) - (n - limit), 0)
+        question = self.tokenizer.decode(ids[:keep])
+        warnings.warn(f"query {index}: question cut from {len(ids)} to {keep} tokens to fit the model's context",
+                      stacklevel=4)
+        return question
+
+    def _text_prompts(self, questions: Sequence[str], tags: Sequence[str | None]) -> Prompts:
+        rows = [self._chat_ids(q, t) for q, t in zip(questions, tags)]
         n = max(map(len, rows))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), n), pad, dtype=torch.long)
@@ -131,30 +182,97 @@ class ClueGenerator:
             mask[i, n - len(r):] = 1
         return Prompts(attention_mask=mask, input_ids=ids)
 
-    def _gemkr_prompts(self, queries: Sequence[ClueQuery]) -> Prompts:
-        from PIL import Image
-
-        size = 224
-        images = []
-        for q in queries:
-            # A text-only query gets a black image: a constant "no picture" visual input.
-            images.append(load_image(q.image) if q.image is not None else Image.new("RGB", (size, size)))
+    def _gemkr_prompts(self, queries: Sequence[VQAQueryBundle], questions: Sequence[str]) -> Prompts:
+        images = [q.loaded_image() for q in queries] if self.model.has_vision else None
         with torch.inference_mode():
-            p = self.model.prompt_embeds([q.question for q in queries], images=images, tags=[q.tags for q in queries])
+            p = self.model.prompt_embeds(list(questions), images=images, tags=[q.tags for q in queries])
         return Prompts(attention_mask=p.attention_mask, inputs_embeds=p.inputs_embeds)
 
+    def _prepare(self, queries: Sequence[VQAQueryBundle | QueryBundle | str]) -> tuple[list[VQAQueryBundle], list[str]]:
+        """Validate every query before any model work: decode pictures once, check emptiness and length."""
+        bundles = [VQAQueryBundle.of(q) for q in queries]
+        questions = []
+        for i, q in enumerate(bundles):
+            image = q.loaded_image()  # missing/undecodable pictures fail here, before any batch runs
+            if not (q.query_str or "").strip() and image is None:
+                raise ValueError(f"query {i}: a query needs a question or an image; both are empty")
+            if image is not None and not self.reads_pixels and not q.tags:
+                if not (q.query_str or "").strip():
+                    raise ValueError(
+                        f"query {i} has only a picture, which this generator cannot see (it reads visual tags): "
+                        "give the retriever a tagger (gemkr_llamaindex.tags.hint_tagger()) or use a trained "
+                        "checkpoint with a vision tower"
+                    )
+                self._warn_once("image-ignored", "the query picture is ignored: this generator reads the picture only "
+                                "through visual tags and none were given; pass tagger=gemkr_llamaindex.tags.hint_tagger() "
+                                "to the retriever (or use a checkpoint with a vision tower)")
+            questions.append(self._fit(q, i))
+        return bundles, questions
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
     # ------------------------------------------------------------------ generation
-    def generate(self, queries: Sequence[ClueQuery | str]) -> list[QueryResult]:
-        """Clues and ranked documents for each query (batched ``batch_size`` at a time)."""
-        qs = [ClueQuery(question=q) if isinstance(q, str) else q for q in queries]
-        for q in qs:
-            check_query(q)
-            if q.image is not None:
-                load_image(q.image)  # fail early (missing/undecodable), before any batch runs
+    def generate(self, queries: Sequence[VQAQueryBundle | QueryBundle | str], kb: Any,
+                 stats: SearchStats | None = None) -> list[QueryResult]:
+        """Clues and ranked documents of ``kb`` for each query (batched ``batch_size`` at a time).
+
+        ``stats`` (optional) accumulates this call's timings.
+        """
+        self.check_kb(kb)
+        bundles, questions = self._prepare(queries)
         out: list[QueryResult] = []
-        backend = self.backend if self.backend is not None else HFBackend(self.llm)
-        for i in range(0, len(qs), self.batch_size):
-            chunk = qs[i : i + self.batch_size]
-            prompts = self._text_prompts(chunk) if self.zero_shot else self._gemkr_prompts(chunk)
-            out.extend(self.search(backend, prompts, len(chunk), decode=self.kb.decode))
+        for i in range(0, len(bundles), self.batch_size):
+            chunk, qs = bundles[i : i + self.batch_size], questions[i : i + self.batch_size]
+            prompts = self._text_prompts(qs, [q.tags for q in chunk]) if self.zero_shot else self._gemkr_prompts(chunk, qs)
+            backend = self.backend(kb, self.end_token_id) if self.backend is not None else HFBackend(self.llm)
+            results = self.search(backend, prompts, len(chunk), kb, decode=kb.decode, end_token_id=self.end_token_id,
+                                  stats=stats)
+            if self.config.prior_weight > 0:
+                results = self.calibrate(results)
+            out.extend(results)
         return out
+
+    # ------------------------------------------------------------------ prior calibration
+    def calibrate(self, results: Sequence[QueryResult]) -> list[QueryResult]:
+        """Re-rank clues by ``(log p(c | q) - w log p(c | empty query)) / len ** lp`` (one batched pass)."""
+        from gemkr_llamaindex.model.scoring import shared_prompt_log_likelihood
+
+        clues = [c for r in results for c in r.clues]
+        if not clues:
+            return list(results)
+        empty = self._empty_prompt()
+        seqs = [c.token_ids + ([self.end_token_id] if c.ends_document and self.end_token_id is not None else [])
+                for c in clues]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode():
+            prior = shared_prompt_log_likelihood(self.llm, empty, seqs, pad).tolist()
+        cfg = self.config
+        for c, p in zip(clues, prior):
+            c.prior_logprob = p
+            c.score = (c.logprob - cfg.prior_weight * p) / (len(c.token_ids) ** cfg.length_penalty)
+        return [QueryResult.from_clues(r.clues, cfg.doc_score) for r in results]
+
+    def _empty_prompt(self):
+        from gemkr_llamaindex.model.prompt import PromptEmbeds
+
+        with torch.inference_mode():
+            if self.zero_shot:
+                p = self._text_prompts([""], [None])
+                embeds = self.llm.get_input_embeddings()(p.input_ids.to(self.llm.device))
+                return PromptEmbeds(embeds, p.attention_mask.to(self.llm.device))
+            return self.model.prompt_embeds([""], images=[None] if self.model.has_vision else None, tags=[None])
+
+
+def checkpoint_decoding_config(checkpoint: str | Path) -> DecodingConfig | None:
+    """The decoding settings a checkpoint was tuned with (``decoding.json``), or None."""
+    import json
+
+    path = Path(checkpoint) / "decoding.json"
+    if not path.is_file():
+        return None
+    return DecodingConfig.from_options(json.loads(path.read_text()))

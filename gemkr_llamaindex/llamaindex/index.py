@@ -1,9 +1,14 @@
 """GeMKRIndex: a LlamaIndex index whose store is the FM-index knowledge base.
 
 ``from_documents`` builds the KB from the nodes (``node_id`` = KB doc id) and keeps the nodes in the
-docstore. ``persist(dir)`` writes the storage context and the KB (``dir/gemkr_kb``);
-``GeMKRIndex.from_persist_dir(dir)`` loads both. ``load_index_from_storage`` also returns a GeMKRIndex
-once this module is imported (the index type is registered with LlamaIndex's registries).
+docstore. ``persist(dir)`` writes the storage context and a copy of the KB (``dir/gemkr_kb``), and
+records the KB's build id in the index struct; ``GeMKRIndex.from_persist_dir(dir)`` opens only the KB
+inside ``dir`` and refuses one whose build id differs (a persist dir never opens another index's KB).
+``load_index_from_storage`` also returns a GeMKRIndex once this module is imported (the index type is
+registered with LlamaIndex's registries).
+
+The index owns the KB; a :class:`ClueGenerator` holds none. ``as_retriever(generator=...)`` binds the
+generator to this index's KB (checking the tokenizer), so one generator serves any number of indexes.
 
 The FM-index is static: ``insert``/``delete`` raise an error that says to rebuild with
 ``GeMKRIndex.from_documents`` over the full document set (a rebuild of 1M tokens takes seconds).
@@ -11,7 +16,6 @@ The FM-index is static: ``insert``/``delete`` raise an error that says to rebuil
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +38,17 @@ STRUCT_TYPE = "gemkr"
 KB_SUBDIR = "gemkr_kb"
 
 
+#: Keyword arguments ``as_retriever`` accepts (anything else is a typo and an error).
+RETRIEVER_KWARGS = frozenset({"generator", "similarity_top_k", "tagger", "callback_manager", "verbose"})
+
+
 @dataclass
 class GeMKRIndexStruct(IndexStruct):
-    """Where the KB lives: relative to the persist dir after ``persist``, else absolute."""
+    """Where the KB lives and which build it is: ``kb_dir`` is relative to the persist dir after
+    ``persist`` (absolute before), ``kb_build_id`` the KB manifest's build id."""
 
     kb_dir: str = ""
-    kb_dir_absolute: str = ""
+    kb_build_id: str = ""
 
     @classmethod
     def get_type(cls) -> str:  # type: ignore[override]
@@ -62,8 +71,11 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         tokenizer: Any = None,
         generator: ClueGenerator | None = None,
         kb_build_kwargs: dict[str, Any] | None = None,
+        persist_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
+        """``persist_dir``: where a persisted index's KB lives (``load_index_from_storage(storage_context,
+        persist_dir=DIR)`` passes it; :meth:`from_persist_dir` does it for you)."""
         self._kb = kb
         self._kb_dir = Path(kb_dir) if kb_dir is not None else None
         self._tokenizer = tokenizer if tokenizer is not None else (generator.tokenizer if generator else None)
@@ -71,7 +83,9 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         self._kb_build_kwargs = kb_build_kwargs or {}
         super().__init__(nodes=nodes, index_struct=index_struct, storage_context=storage_context, **kwargs)
         if self._kb is None:
-            self._kb = self._open_kb(self.index_struct, base=None)
+            self._kb = self._open_kb(self.index_struct, base=Path(persist_dir) if persist_dir is not None else None)
+        if generator is not None:
+            generator.check_kb(self._kb)
 
     @classmethod
     def from_documents(
@@ -99,7 +113,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
     # ------------------------------------------------------------------ BaseIndex hooks
     def _build_index_from_nodes(self, nodes: Sequence[BaseNode], **build_kwargs: Any) -> GeMKRIndexStruct:
         if self._tokenizer is None:
-            raise ValueError("GeMKRIndex needs the LLM's tokenizer to build its KB: pass tokenizer= or generator=")
+            raise ValueError("GeMKRIndex needs the LLM's tokenizer to build its KB: pass tokenizer= (or generator=)")
         if self._kb_dir is None:
             import uuid
 
@@ -109,8 +123,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         self._kb = KnowledgeBase.build(list(nodes), self._tokenizer, self._kb_dir, show_progress=self._show_progress,
                                        **self._kb_build_kwargs)
         self._docstore.add_documents(nodes, allow_update=True)
-        path = str(self._kb_dir.resolve())
-        return GeMKRIndexStruct(kb_dir=path, kb_dir_absolute=path)
+        return GeMKRIndexStruct(kb_dir=str(self._kb_dir.resolve()), kb_build_id=self._kb.build_id)
 
     def _insert(self, nodes: Sequence[BaseNode], **insert_kwargs: Any) -> None:
         raise NotImplementedError(
@@ -134,62 +147,94 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         return self._kb
 
     def as_retriever(self, **kwargs: Any) -> GeMKRRetriever:
-        """A :class:`GeMKRRetriever`; pass ``generator=`` unless the index was built with one."""
+        """A :class:`GeMKRRetriever` over this index's KB and docstore.
+
+        Keywords: ``generator`` (a :class:`ClueGenerator`; default: the one given to the index),
+        ``similarity_top_k``, ``tagger``, ``callback_manager``, ``verbose``. Any other keyword is an error
+        (``llm``, which LlamaIndex's engines pass through, is ignored).
+        """
+        kwargs.pop("llm", None)
+        unknown = sorted(set(kwargs) - RETRIEVER_KWARGS)
+        if unknown:
+            raise TypeError(f"GeMKRIndex.as_retriever got unexpected keyword(s) {unknown}; valid: {sorted(RETRIEVER_KWARGS)}")
         generator = kwargs.pop("generator", None) or self._generator
         if generator is None:
             raise ValueError(
                 "GeMKRIndex.as_retriever needs a clue generator: pass generator=ClueGenerator(...) here or to "
-                "the index (e.g. ClueGenerator.zero_shot_from(index.kb))"
+                "the index (e.g. ClueGenerator.zero_shot_llm('smollm2'))"
             )
-        kwargs.pop("llm", None)  # as_query_engine passes the synthesizer's llm through
-        known = {"similarity_top_k", "tagger", "callback_manager", "verbose"}
-        return GeMKRRetriever(generator, docstore=self._docstore, **{k: v for k, v in kwargs.items() if k in known})
+        return GeMKRRetriever(generator, self._kb, docstore=self._docstore, **kwargs)
+
+    def as_query_engine(self, llm: Any = None, **kwargs: Any):
+        """``RetrieverQueryEngine.from_args`` over :meth:`as_retriever`; retriever keywords go to the
+        retriever, the rest to the query engine."""
+        from llama_index.core.query_engine.retriever_query_engine import RetrieverQueryEngine
+        from llama_index.core.settings import Settings
+
+        retriever = self.as_retriever(**{k: kwargs.pop(k) for k in list(kwargs) if k in RETRIEVER_KWARGS})
+        return RetrieverQueryEngine.from_args(retriever, llm=llm or Settings.llm, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_dir: str | Path) -> None:
-        """Write the storage context and a copy of the KB (``persist_dir/gemkr_kb``)."""
+        """Write the storage context and a copy of the KB (``persist_dir/gemkr_kb``) with its build id."""
         persist_dir = Path(persist_dir)
         persist_dir.mkdir(parents=True, exist_ok=True)
         target = persist_dir / KB_SUBDIR
         if self._kb.path.resolve() != target.resolve():
-            tmp = persist_dir / f".{KB_SUBDIR}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self._kb.path, tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
+            self._kb.copy_to(target)  # atomic: a temporary sibling, then one rename over the old copy
         self.index_struct.kb_dir = KB_SUBDIR
-        self.index_struct.kb_dir_absolute = str(target.resolve())
+        self.index_struct.kb_build_id = self._kb.build_id
         self._storage_context.index_store.add_index_struct(self.index_struct)
         self._storage_context.persist(persist_dir=str(persist_dir))
 
     @classmethod
     def from_persist_dir(cls, persist_dir: str | Path, generator: ClueGenerator | None = None,
                          **kwargs: Any) -> GeMKRIndex:
+        """Load a persisted index: its docstore and the KB inside ``persist_dir`` (nowhere else)."""
         persist_dir = Path(persist_dir)
         if not persist_dir.is_dir():
             raise FileNotFoundError(f"persist dir {persist_dir} does not exist")
+        missing = [n for n in ("docstore.json", "index_store.json") if not (persist_dir / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{persist_dir} is not a persisted GeMKR index: {', '.join(missing)} missing; write one with "
+                "index.persist(persist_dir)"
+            )
         storage_context = StorageContext.from_defaults(persist_dir=str(persist_dir))
         structs = [s for s in storage_context.index_store.index_structs() if isinstance(s, GeMKRIndexStruct)]
         if len(structs) != 1:
             raise ValueError(f"{persist_dir} holds {len(structs)} GeMKR indices; expected exactly one")
-        kb = cls._open_kb(structs[0], base=persist_dir, tokenizer=generator.tokenizer if generator else None)
+        kb = cls._open_kb(structs[0], base=persist_dir)
         return cls(index_struct=structs[0], storage_context=storage_context, kb=kb, generator=generator, **kwargs)
 
     @staticmethod
-    def _open_kb(struct: GeMKRIndexStruct, base: Path | None, tokenizer: Any = None) -> KnowledgeBase:
-        candidates = []
-        if base is not None and struct.kb_dir:
-            candidates.append(base / struct.kb_dir)
-        if struct.kb_dir_absolute:
-            candidates.append(Path(struct.kb_dir_absolute))
-        for path in candidates:
-            if (path / "manifest.json").is_file():
-                return KnowledgeBase.open(path, tokenizer=tokenizer)
-        raise FileNotFoundError(
-            f"cannot find the GeMKR knowledge base (looked in {[str(c) for c in candidates]}); load the index with "
-            "GeMKRIndex.from_persist_dir(persist_dir) or pass kb=KnowledgeBase.open(path)"
-        )
+    def _open_kb(struct: GeMKRIndexStruct, base: Path | None) -> KnowledgeBase:
+        """The KB the struct names: inside ``base`` when loading a persist dir, and only there."""
+        if not struct.kb_dir:
+            raise ValueError("the GeMKR index struct names no KB; rebuild the index with GeMKRIndex.from_documents")
+        path = Path(struct.kb_dir)
+        if base is None and not path.is_absolute():
+            raise ValueError(
+                "this GeMKR index was persisted: its KB is inside the persist dir; load it with "
+                "GeMKRIndex.from_persist_dir(DIR) or load_index_from_storage(storage_context, persist_dir=DIR)"
+            )
+        if base is not None:
+            if path.is_absolute():
+                raise ValueError(f"the persisted index names its KB by an absolute path ({path}); a persist dir "
+                                 "must hold its own KB: re-persist it with index.persist(dir)")
+            path = base / path
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"the GeMKR knowledge base is missing from {path}; a persist dir holds its own KB "
+                f"({KB_SUBDIR}/), write it with index.persist(dir) or pass kb=KnowledgeBase.open(path)"
+            )
+        kb = KnowledgeBase.open(path)
+        if struct.kb_build_id and kb.build_id != struct.kb_build_id:
+            raise ValueError(
+                f"the KB at {path} is build {kb.build_id}, but this index's docstore was persisted with build "
+                f"{struct.kb_build_id}: the persist dir mixes two indexes; persist the index again"
+            )
+        return kb
 
 
 # load_index_from_storage resolves index classes through these registries: register ours so a persisted

@@ -8,25 +8,9 @@ bf16 on GPU and fp32 on CPU (CPU bf16 matmuls are slow and imprecise).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-
-
-def resolve_llm_path(name_or_path: str) -> tuple[str, dict[str, Any]]:
-    """``"smollm2"`` -> the packaged converted folder; ``*.gguf`` -> its folder plus ``gguf_file``."""
-    if name_or_path.lower() in {"smollm2", "smollm2-135m-instruct"}:
-        from gemkr_llamaindex import assets
-
-        return str(assets.smollm2_path()), {}
-    path = Path(name_or_path)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -37,11 +21,13 @@ def load_llm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch
     """``(model, tokenizer)`` for a hub name or local folder, frozen and in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, extra = resolve_llm_path(name_or_path)
+    from gemkr_llamaindex.assets import resolve_model
+
+    path = resolve_model(name_or_path)  # "smollm2", a .gguf file (converted once), a folder or a hub id
     dtype = dtype or default_dtype(device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise OSError(
             f"cannot load the LLM {name_or_path!r}: {exc}. Give a local folder with config, weights and "

@@ -24,18 +24,21 @@ class InstructionTemplate:
     task: str = DEFAULT_TASK
     response_marker: str = "### Response:"
 
-    def split(self, question: str, tags: str | None = None) -> tuple[str, str]:
-        """The text before and after the visual-token slot for one query."""
+    def split(self, question: str, tags: str | None = None, image_slot: bool = True) -> tuple[str, str]:
+        """The text before and after the visual-token slot for one query (a model without a vision tower
+        has no slot: ``image_slot=False`` leaves the ``### Image:`` line out)."""
         if not isinstance(question, str):
             raise TypeError(f"question must be a str, got {type(question).__name__}")
         before = f"{self.task}\n### Question: {question.strip()}\n"
         if tags:
             before += f"### Visual tags: {tags.strip()}\n"
+        if not image_slot:
+            return before.rstrip("\n"), f"\n{self.response_marker}"
         before += "### Image:"
         after = f"\n{self.response_marker}"
         return before, after
 
-    def render(self, question: str, tags: str | None = None) -> str:
+    def render(self, question: str, tags: str | None = None, image_slot: bool = True) -> str:
         """The prompt as text, with a placeholder where the visual tokens go (for logs and docs)."""
-        before, after = self.split(question, tags)
-        return f"{before} {IMAGE_PLACEHOLDER}{after}"
+        before, after = self.split(question, tags, image_slot)
+        return f"{before} {IMAGE_PLACEHOLDER}{after}" if image_slot else f"{before}{after}"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gemkr_llamaindex.images import ImageInput
+from gemkr_llamaindex.images import HintTagger, ImageInput
 from gemkr_llamaindex.tags.base import VisualTagger
 
 #: Backend names accepted by :func:`build_tagger` and ``gemkr tags --backends``.
@@ -59,8 +59,6 @@ def default_tagger(*, cache: bool | str | Path | None = True) -> VisualTagger:
 
     return CompositeTagger([ImageNetTagger(cache=cache), OCRTagger(cache=cache)])
 
-
-HintTagger = Callable[[ImageInput], "str | None"]
 
 
 def hint_tagger(backends: Sequence[str] = DEFAULT_BACKENDS, *, max_tags: int = 8,

@@ -5,13 +5,17 @@ One JSON object per line::
     {"image": "images/0001.jpg", "question": "What is this animal known for?",
      "positive_doc_ids": ["Tiger"], "tags": "tiger cat, Egyptian cat", "id": "q1"}
 
-* ``image``: a path (relative paths are resolved against the JSONL file's folder), or a packaged image
-  ``{"package": "skimage", "name": "chelsea"}`` as used by the evaluation benchmarks' files;
+* ``image``: a path (relative paths are resolved against the JSONL file's folder), a packaged image
+  ``{"package": "skimage", "name": "chelsea"}`` as used by the evaluation benchmarks' files, or
+  ``null`` (absent) for a text-only query: the model then sees its learned "no image" input, which is
+  what text-only queries get at inference too;
 * ``question``: the textual query; ``positive_doc_ids``: KB document ids (at least one);
 * ``tags`` (optional): a pre-formatted visual-tags string for the template; ``id`` (optional).
 
 Any evaluation loader's rows convert with ``rows_from_benchmark`` (their ``gold_doc_ids`` become the
-positives). ``build_examples`` samples the knowledge clues (two per positive document by default).
+positives). ``build_examples`` cuts the knowledge clues: sampled by the paper's clue sampler (two per
+positive document by default), the document's opening tokens (the target of ``anchor="doc_start"``
+decoding), or a mix. Without any labelled file, ``corpus_queries`` builds the queries from the KB alone.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class TrainingDataError(ValueError):
 class QueryRecord:
     """One line of the training JSONL."""
 
-    image: str | dict[str, str]
+    image: str | dict[str, str] | None
     question: str
     positive_doc_ids: tuple[str, ...]
     tags: str | None = None
@@ -52,17 +56,20 @@ class InstructionExample:
 def _check_row(obj: Any, where: str, base: Path | None) -> QueryRecord:
     if not isinstance(obj, dict):
         raise TrainingDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in ("image", "question", "positive_doc_ids") if k not in obj]
+    missing = [k for k in ("question", "positive_doc_ids") if k not in obj]
     if missing:
-        raise TrainingDataError(f"{where}: missing field(s) {missing}; each row needs image, question, positive_doc_ids")
-    image = obj["image"]
-    if isinstance(image, str):
+        raise TrainingDataError(f"{where}: missing field(s) {missing}; each row needs question and positive_doc_ids "
+                                "(and an image, or null for a text-only query)")
+    image = obj.get("image")
+    if image is None:
+        pass
+    elif isinstance(image, str):
         path = Path(image)
         if not path.is_absolute() and base is not None:
             path = base / path
         image = str(path)
     elif not (isinstance(image, dict) and {"package", "name"} <= set(image)):
-        raise TrainingDataError(f"{where}: 'image' must be a path or {{\"package\": ..., \"name\": ...}}")
+        raise TrainingDataError(f"{where}: 'image' must be a path, {{\"package\": ..., \"name\": ...}} or null")
     if not isinstance(obj["question"], str) or not obj["question"].strip():
         raise TrainingDataError(f"{where}: 'question' must be a non-empty string")
     docs = obj["positive_doc_ids"]
@@ -113,10 +120,41 @@ def rows_from_benchmark(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, An
                "id": row.get("id")}
 
 
-def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler) -> list[InstructionExample]:
-    """Sample the clues: one example per (query, clue); unknown documents are counted in ``sampler.stats``."""
+CLUE_MODES = ("sampled", "doc_start", "mixed")
+
+
+def doc_start_clue(kb: Any, doc_id: str, length: int, end_token_id: int | None) -> list[int]:
+    """The document's first ``length`` tokens (the clue ``anchor="doc_start"`` decoding generates), with the
+    end-of-sequence token when the whole document is shorter (decoding ends such a clue at the document's
+    end with it)."""
+    ids = [int(t) for t in kb.doc_tokens(doc_id)]
+    clue = ids[:length]
+    if len(ids) <= length and end_token_id is not None:
+        clue.append(int(end_token_id))
+    return clue
+
+
+def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler, clue_mode: str = "sampled",
+                   end_token_id: int | None = None) -> list[InstructionExample]:
+    """Cut the clues: one example per (query, clue); unknown documents are counted in ``sampler.stats``.
+
+    ``clue_mode``: ``"sampled"`` (the paper's sampler), ``"doc_start"`` (each positive document's opening,
+    ``sampler.length`` tokens) or ``"mixed"`` (every other query of a document each way, by query order).
+    """
+    if clue_mode not in CLUE_MODES:
+        raise ValueError(f"clue_mode must be one of {CLUE_MODES}, got {clue_mode!r}")
     examples = []
-    for rec in records:
+    for i, rec in enumerate(records):
+        opening = clue_mode == "doc_start" or (clue_mode == "mixed" and i % 2 == 0)
+        if opening:
+            for doc_id in rec.positive_doc_ids:
+                try:
+                    clue = doc_start_clue(sampler.kb, doc_id, sampler.length, end_token_id)
+                except KeyError:
+                    sampler.stats.docs_missing.append(doc_id)
+                    continue
+                examples.append(InstructionExample(rec, doc_id, tuple(clue)))
+            continue
         for clue in sampler.sample_many(rec.question, rec.positive_doc_ids):
             examples.append(InstructionExample(rec, clue.doc_id, tuple(clue.token_ids)))
     if not examples:

@@ -29,11 +29,21 @@ STATE_FILE = "trainer_state.pt"
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``gemkr train --config FILE.yaml`` reads it from YAML (same keys)."""
+    """Everything a run needs; ``gemkr train --config FILE.yaml`` reads it from YAML (same keys).
 
-    train_file: str
+    Queries come from ``train_file`` (labelled JSONL) and/or ``corpus_queries`` (options of
+    :func:`~gemkr_llamaindex.training.corpus_queries.corpus_training_queries`: pseudo-queries made from
+    the KB alone). ``clue_mode`` picks the targets: ``"sampled"`` (the paper's clue sampler),
+    ``"doc_start"`` (each document's opening, for ``anchor="doc_start"`` decoding) or ``"mixed"``.
+    ``decoding`` (DecodingConfig fields) is saved with the final checkpoint as its default decoding.
+    """
+
     kb_dir: str
     output_dir: str
+    train_file: str | None = None
+    corpus_queries: dict[str, Any] | None = None
+    clue_mode: str = "sampled"
+    decoding: dict[str, Any] | None = None
     model: dict[str, Any] = field(default_factory=dict)  # GeMKRConfig fields
     lr: float = 6e-5
     vision_lr_scale: float = 1.0  # lr multiplier for the vision side + alignment (LoRA keeps ``lr``)
@@ -59,9 +69,12 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
-        missing = [k for k in ("train_file", "kb_dir", "output_dir") if k not in data]
+        missing = [k for k in ("kb_dir", "output_dir") if k not in data]
         if missing:
             raise ValueError(f"training config lacks {missing}")
+        if not data.get("train_file") and data.get("corpus_queries") is None:
+            raise ValueError("training config needs train_file (labelled queries) or corpus_queries (pseudo-queries "
+                             "made from the KB, e.g. corpus_queries: {})")
         return cls(**data)
 
     @classmethod
@@ -76,7 +89,7 @@ class TrainConfig:
             raise TypeError(f"{path}: expected a mapping of training options")
         base = path.parent
         for key in ("train_file", "kb_dir", "output_dir"):  # relative paths are relative to the YAML file
-            if key in data and not Path(data[key]).is_absolute():
+            if data.get(key) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
         try:
             return cls.from_dict(data)
@@ -160,14 +173,18 @@ class Trainer:
         ckpt = Path(ckpt)
         meta = GeMKRModel.read_checkpoint_config(ckpt)
         self.model.load_trainable(ckpt / "trainable.safetensors", meta.get("base_fingerprints"))
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint folder from elsewhere must not be able to run code when resumed
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.losses = list(state.get("losses", []))
 
     # -- loop ----------------------------------------------------------------------------------------------
-    def _visual(self, chunk: list[InstructionExample]) -> VisualBatch:
-        return self.model.visual_inputs([load_image(e.record.image) for e in chunk], cache_dir=self.cache_dir)
+    def _visual(self, chunk: list[InstructionExample]) -> VisualBatch | None:
+        if not self.model.has_vision:
+            return None
+        images = [None if e.record.image is None else load_image(e.record.image) for e in chunk]
+        return self.model.visual_inputs(images, cache_dir=self.cache_dir)
 
     def train(self, max_steps: int | None = None, progress: bool = True) -> list[float]:
         """Train until ``max_steps`` optimizer steps (default: the config's); returns per-step losses."""
@@ -214,29 +231,39 @@ class Trainer:
         return self.losses
 
 
+def training_queries(config: TrainConfig, kb: Any) -> list:
+    """The run's queries: the labelled file's, then the corpus-made ones."""
+    from gemkr_llamaindex.training.corpus_queries import corpus_training_queries
+    from gemkr_llamaindex.training.data import read_training_jsonl
+
+    records = list(read_training_jsonl(config.train_file)) if config.train_file else []
+    if config.corpus_queries is not None:
+        records += corpus_training_queries(kb, seed=config.seed, **config.corpus_queries)
+    return records
+
+
 def train(config: TrainConfig, verbose: bool = True) -> Path:
-    """Python API of ``gemkr train``: sample clues from the KB, train, save ``output_dir/final``."""
+    """Python API of ``gemkr train``: make the examples from the KB, train, save ``output_dir/final``."""
+    import json
+
+    from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.kb import KnowledgeBase
     from gemkr_llamaindex.training.clues import ClueSampler
-    from gemkr_llamaindex.training.data import build_examples, read_training_jsonl
+    from gemkr_llamaindex.training.data import build_examples
 
     torch.manual_seed(config.seed)
-    records = read_training_jsonl(config.train_file)
+    decoding = DecodingConfig.from_options(config.decoding or {})  # fail on a typo before hours of training
     kb = KnowledgeBase.open(config.kb_dir)
-    sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
-    examples = build_examples(records, sampler)
-    if verbose:
-        print(f"{len(records)} queries -> {len(examples)} (query, clue) examples; "
-              f"{sampler.stats.unique_share:.1%} of clues map to a single document; "
-              f"{len(sampler.stats.docs_missing)} positive ids not in the KB")
     device = resolve_device(config.device)
     model = GeMKRModel(GeMKRConfig.from_dict(config.model), device=device)
-    if kb.tokenizer.get_vocab() != model.tokenizer.get_vocab():
-        raise ValueError(
-            f"the KB at {config.kb_dir} was tokenized with another vocabulary than the LLM {model.config.llm!r}; "
-            "clues are KB token ids, so rebuild the KB with the LLM's tokenizer"
-        )
+    kb.check_tokenizer(model.tokenizer)  # clues are KB token ids: the one tokenizer check
+    records = training_queries(config, kb)
+    sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
+    examples = build_examples(records, sampler, config.clue_mode, model.tokenizer.eos_token_id)
     if verbose:
+        print(f"{len(records)} queries -> {len(examples)} (query, clue) examples ({config.clue_mode} clues); "
+              f"{sampler.stats.unique_share:.1%} of sampled clues map to a single document; "
+              f"{len(sampler.stats.docs_missing)} positive ids not in the KB")
         print(model.parameter_summary())
     trainer = Trainer(model, examples, config)
     ckpt = latest_checkpoint(config.output_dir) if config.resume else None
@@ -244,5 +271,36 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
         trainer.load_checkpoint(ckpt)
         if verbose:
             print(f"resumed from {ckpt} at step {trainer.step}")
+    t0 = time.perf_counter()
     trainer.train(progress=verbose)
-    return model.save_pretrained(Path(config.output_dir) / "final")
+    final = model.save_pretrained(Path(config.output_dir) / "final")
+    (final / "decoding.json").write_text(json.dumps(decoding.to_dict(), indent=2))
+    write_loss_curve(trainer.losses, Path(config.output_dir), time.perf_counter() - t0)
+    return final
+
+
+def write_loss_curve(losses: list[float], out_dir: Path, seconds: float) -> None:
+    """``losses.json`` and ``loss_curve.png`` (per-step loss and its moving average) in ``out_dir``."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "losses.json").write_text(json.dumps({"losses": losses, "seconds": round(seconds, 1)}))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    window = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+              for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(losses, alpha=0.3, label="step loss")
+    ax.plot(smooth, label=f"moving average ({window} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("clue NLL per token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curve.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,185 @@
+"""Training without labelled queries: pseudo-queries made from the corpus, and a model without a vision tower."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gemkr_llamaindex.kb import KnowledgeBase
+from gemkr_llamaindex.model.gemkr import GeMKRModel
+from gemkr_llamaindex.model.tiny import build_tiny_llm
+from gemkr_llamaindex.training.corpus_queries import EntityReader, PseudoQueryBuilder, corpus_training_queries
+from gemkr_llamaindex.training.wordnet import WordNet
+
+DOCS = [
+    ("Cat", "The cat, also called domestic cat and house cat, is a small domesticated carnivorous mammal. "
+            "It is the only domesticated species of the family Felidae. Cats purr when they are content."),
+    ("Grace Hopper", "Grace Brewster Hopper was an American computer scientist and United States Navy rear "
+                     "admiral. She was a pioneer of computer programming and helped develop COBOL in 1959."),
+    ("Madrid", "Madrid is the capital and most populous city of Spain. It lies on the River Manzanares in "
+               "the central part of the Iberian Peninsula."),
+    ("Moon landing", "A Moon landing is the arrival of a spacecraft on the surface of the Moon."),
+]
+META = {"Cat": {"description": "Small domesticated carnivorous mammal", "topic": "Biology"},
+        "Grace Hopper": {"description": "American computer scientist (1906-1992)", "topic": "People"}}
+
+# A few synsets in WordNet's own data.noun / index.noun format (offsets as in WordNet 3.0).
+DATA_NOUN = """  1 This fixture has WordNet's header lines, which the reader skips.
+02121620 05 n 02 cat 0 true_cat 0 003 @ 02120997 n 0000 ~ 02121808 n 0000 ~ 02124272 n 0000 | feline mammal usually having thick soft fur
+02121808 05 n 02 domestic_cat 0 house_cat 0 002 @ 02121620 n 0000 ~ 02123159 n 0000 | any domesticated member of the genus Felis
+02123159 05 n 01 tiger_cat 0 001 @ 02121808 n 0000 | a cat having a striped coat
+02124272 05 n 01 wildcat 0 001 @ 02121620 n 0000 | any small or medium-sized cat resembling the domestic cat
+02120997 05 n 02 feline 0 felid 0 002 @ 02075296 n 0000 ~ 02121620 n 0000 | any of various lithe-bodied roundheaded fissiped mammals
+02075296 05 n 01 carnivore 0 001 ~ 02120997 n 0000 | a terrestrial or aquatic flesh-eating mammal
+08981244 15 n 01 Madrid 0 001 @i 08524735 n 0000 | the capital and largest city of Spain
+08524735 15 n 02 city 0 metropolis 0 001 ~i 08981244 n 0000 | a large and densely populated urban area
+"""
+INDEX_NOUN = """  1 header
+cat n 1 2 @ ~ 1 0 02121620
+domestic_cat n 1 2 @ ~ 1 0 02121808
+tiger_cat n 1 1 @ 1 0 02123159
+madrid n 1 1 @ 1 0 08981244
+city n 1 1 ~ 1 0 08524735
+"""
+
+
+@pytest.fixture()
+def wordnet(tmp_path):
+    (tmp_path / "data.noun").write_text(DATA_NOUN)
+    (tmp_path / "index.noun").write_text(INDEX_NOUN)
+    return WordNet(tmp_path)
+
+
+def _records(docs=DOCS, meta=None):
+    return [{"id": d, "text": t, "title": d, **(meta or {}).get(d, {})} for d, t in docs]
+
+
+def test_wordnet_reader_on_its_own_file_format(wordnet):
+    cat = wordnet.lookup("Cat")[0]
+    assert cat.lexname == "noun.animal" and cat.lemmas == ["cat", "true cat"] and cat.gloss.startswith("feline")
+    assert [s.name for s in wordnet.hypernym_closure(wordnet[2123159])] == ["domestic cat", "cat", "feline", "carnivore"]
+    assert {s.name for s in wordnet.hyponym_closure(cat)} == {"domestic cat", "wildcat", "tiger cat"}
+    assert wordnet.lookup("Madrid")[0].hypernyms == [8524735]  # instance hypernyms count
+
+
+def test_entities_without_wordnet_come_from_titles_descriptions_and_text():
+    ents = EntityReader().read(_records(meta=META))
+    cat, hopper, madrid = ents["Cat"], ents["Grace Hopper"], ents["Madrid"]
+    assert cat.names == ["Cat", "domestic cat", "house cat"] and cat.named == "the cat"
+    assert cat.kinds[0] == "mammal"  # the description's head noun
+    assert hopper.kinds[0] == "woman" and "scientist" in hopper.kinds and hopper.named == "Grace Hopper"
+    assert madrid.named == "Madrid" and madrid.kinds  # proper names stay as written
+
+
+def test_wordnet_adds_kinds_kinds_of_tags_and_imagenet_classes(wordnet):
+    ents = EntityReader(wordnet, imagenet=[(2123159, "tiger cat"), (8981244, "Madrid skyline")]).read(_records())
+    cat = ents["Cat"]
+    assert "animal" in cat.kinds and "feline" in cat.kinds
+    assert {"tiger cat", "wildcat", "true cat"} <= set(cat.tags)  # what a tagger says about a cat picture
+    assert "Madrid skyline" in ents["Madrid"].tags  # an ImageNet-style class filed under the document
+
+
+def test_pseudo_queries_are_well_formed_and_point_at_their_document(wordnet):
+    ents = EntityReader(wordnet).read(_records(meta=META))
+    queries = PseudoQueryBuilder(ents, named=3, pictured=5, seed=1, distractors=["bobsled"]).all_queries()
+    assert len(queries) == 8 * len(DOCS)
+    by_doc: dict[str, list] = {}
+    for q in queries:
+        assert q.image is None and len(q.positive_doc_ids) == 1 and q.question.strip().endswith(("?", "."))
+        by_doc.setdefault(q.positive_doc_ids[0], []).append(q)
+    for doc_id, qs in by_doc.items():
+        pictured = [q for q in qs if "#p" in q.id]
+        named = [q for q in qs if "#n" in q.id]
+        assert len(pictured) == 5 and len(named) == 3
+        assert all(q.tags is None for q in named)  # text-only questions carry no visual tags
+        assert any(q.tags for q in pictured)
+        for q in pictured:  # a pictured question never names its entity outside the tags slot
+            assert ents[doc_id].title.lower() not in q.question.lower() or doc_id == "Moon landing"
+
+
+def test_corpus_queries_from_the_kb_alone_and_their_clues(tmp_path, smollm2_tokenizer):
+    from gemkr_llamaindex.training.clues import ClueSampler
+    from gemkr_llamaindex.training.data import build_examples
+
+    kb = KnowledgeBase.build(DOCS, smollm2_tokenizer, tmp_path / "kb", show_progress=False)
+    queries = corpus_training_queries(kb, named=1, pictured=2, wordnet="none", imagenet=False)
+    assert {q.positive_doc_ids[0] for q in queries} == {d for d, _ in DOCS}
+    sampler = ClueSampler(kb, m=1, length=6, seed=0)
+    for mode in ("sampled", "doc_start", "mixed"):
+        examples = build_examples(queries, sampler, mode, end_token_id=smollm2_tokenizer.eos_token_id)
+        assert examples
+        for e in examples:  # every clue comes from its own document
+            doc = kb.doc_tokens(e.doc_id).tolist()
+            clue = [t for t in e.clue_ids if t != smollm2_tokenizer.eos_token_id]
+            assert any(doc[i : i + len(clue)] == clue for i in range(len(doc)))
+            if mode == "doc_start":
+                assert doc[: len(clue)] == clue
+    with pytest.raises(ValueError, match="clue_mode"):
+        build_examples(queries, sampler, "random")
+
+
+# ---------------------------------------------------------------------------------------------- no vision tower
+def test_a_model_without_vision_tower_trains_saves_loads_and_retrieves(tmp_path, smollm2_tokenizer):
+    import yaml
+
+    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever
+    from gemkr_llamaindex.training.trainer import TrainConfig, train
+
+    llm = build_tiny_llm(tmp_path / "llm")
+    KnowledgeBase.build(DOCS, str(llm), tmp_path / "kb", show_progress=False)
+    cfg = {"kb_dir": str(tmp_path / "kb"), "output_dir": str(tmp_path / "run"), "corpus_queries": {"wordnet": "none",
+           "named": 1, "pictured": 1, "imagenet": False}, "clue_mode": "doc_start", "clue_length": 4,
+           "model": {"llm": str(llm), "clip_model": None, "clip_pretrained": None}, "batch_size": 4, "lr": 5e-3,
+           "warmup_steps": 1, "max_steps": 6, "save_every": 3, "decoding": {"anchor": "doc_start", "min_length": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    final = train(TrainConfig.from_yaml(tmp_path / "c.yaml"), verbose=False)
+    assert json.loads((final / "decoding.json").read_text())["anchor"] == "doc_start"
+    assert (tmp_path / "run" / "losses.json").is_file() and (tmp_path / "run" / "loss_curve.png").is_file()
+    model = GeMKRModel.from_pretrained(final)
+    assert not model.has_vision and model.tower is None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)  # only LoRA: no random ViT rides along
+    assert "### Image:" not in model.template.render("q?", "tags", image_slot=False)
+    gen = ClueGenerator.from_checkpoint(final)
+    assert gen.config.anchor == "doc_start" and gen.config.min_length == 2  # the checkpoint's decoding
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    hits = GeMKRRetriever(gen, kb, similarity_top_k=2).retrieve("Where does the capital of Spain lie?")
+    assert hits
+    for h in hits:  # anchored clues are document openings
+        clue = kb.encode(h.node.metadata["clues"][0]["text"])
+        assert kb.doc_tokens(h.node.node_id).tolist()[: len(clue)] == clue
+
+
+def test_text_only_queries_use_the_learned_no_image_input(tmp_path):
+    from gemkr_llamaindex.model.tiny import tiny_config
+
+    model = GeMKRModel(tiny_config(build_tiny_llm(tmp_path / "llm"))).eval()
+    from PIL import Image
+
+    black = Image.new("RGB", (64, 64))
+    with torch.no_grad():
+        none = model.prompt_embeds(["What is this?"], images=[None])
+        pic = model.prompt_embeds(["What is this?"], images=[black])
+    assert none.attention_mask.shape == pic.attention_mask.shape  # same slots, other content
+    slot = (none.inputs_embeds[0] == model.alignment.no_image).all(-1)
+    assert slot.sum() == 1  # exactly one position holds the learned "no image" embedding
+    assert not (pic.inputs_embeds[0] == model.alignment.no_image).all(-1).any()  # a black picture is another input
+    # and it learns: a text-only training row gives it a gradient
+    model.train()
+    out = model(["What is this?"], [[model.tokenizer.eos_token_id]], images=[None])
+    out.loss.backward()
+    assert model.alignment.no_image.grad is not None and model.alignment.no_image.grad.abs().sum() > 0
+
+
+def test_a_checkpoint_detector_outside_its_folder_is_refused(tmp_path):
+    from gemkr_llamaindex.model.tiny import tiny_config
+
+    model = GeMKRModel(tiny_config(build_tiny_llm(tmp_path / "llm")))
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((ckpt / "gemkr_config.json").read_text())
+    meta["config"]["detector"] = str(tmp_path / "elsewhere.pt")
+    (ckpt / "gemkr_config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unpickles"):
+        GeMKRModel.from_pretrained(ckpt)
