@@ -196,6 +196,15 @@ def test_stale_temporaries_of_dead_pids_are_removed(tmp_path):
     assert hidden(tmp_path) == [f".x.building-{os.getpid()}-0a1b2d"]
 
 
+def test_cleanup_never_touches_another_kb(tmp_path):
+    """A KB whose name extends another's (``kb.kb-x`` next to ``kb``) keeps its folder when ``kb`` is rebuilt."""
+    KnowledgeBase.build_from_token_ids(docs_for("b"), tmp_path / "kb.kb-x", vocab_size=50)
+    for tag in ("a", "b", "a"):
+        KnowledgeBase.build_from_token_ids(docs_for(tag), tmp_path / "kb", vocab_size=50, overwrite=True)
+    assert KnowledgeBase.open(tmp_path / "kb.kb-x").doc_id(0) == "b0" and KnowledgeBase.open(tmp_path / "kb").doc_id(0) == "a0"
+    assert hidden(tmp_path) == []
+
+
 def test_build_into_a_plain_directory_with_overwrite(tmp_path):
     kb = KnowledgeBase.build_from_token_ids(docs_for("a"), tmp_path / "src", vocab_size=50)
     plain = kb.copy_to(tmp_path / "kb")  # a plain directory, not a symlink

@@ -122,6 +122,13 @@ static void test_xxh64() {
     a += n;
   }
   CHECK(streamed.digest() == 0x8e03c838c596036fULL, "streamed xxh64");
+  const std::string path = "/tmp/gemkr_test_xxh64_" + std::to_string(::getpid());
+  std::ofstream(path, std::ios::binary).write(big.data(), std::streamsize(big.size()));
+  uint64_t n = 0;
+  CHECK(xxh64_file(path, &n) == 0x8e03c838c596036fULL && n == big.size(), "xxh64 of a file");
+  std::ofstream(path, std::ios::binary).close();
+  CHECK(xxh64_file(path) == 0xef46db3751d8e999ULL, "xxh64 of an empty file");
+  std::remove(path.c_str());
 }
 
 static Docs random_docs(std::mt19937& rng, uint32_t vocab) {

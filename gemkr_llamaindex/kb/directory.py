@@ -48,6 +48,11 @@ def version_name(target: Path, build_id: str) -> str:
     return f".{target.name}.kb-{build_id[:16]}"
 
 
+def _is_version_of(name: str, target: Path) -> bool:
+    """Whether ``name`` is a versioned folder of ``target`` (and not of a KB whose name extends it)."""
+    return re.fullmatch(re.escape(f".{target.name}.kb-") + r"(?:[0-9a-f]{16}|replaced-[0-9a-f]{12})", name) is not None
+
+
 def temp_dir(target: Path, kind: str) -> Path:
     """A new, empty sibling folder ``.NAME.<kind>-<pid>-<tag>`` (permissions from the umask)."""
     path = target.with_name(f".{target.name}.{kind}-{os.getpid()}-{new_tag()}")
@@ -164,13 +169,6 @@ def publish(version: Path, target: Path, overwrite: bool) -> None:
         os.replace(link, target)
 
 
-def current_version(target: Path) -> str | None:
-    try:
-        return os.readlink(target)
-    except OSError:
-        return None
-
-
 def remove_if_unused(folder: Path) -> bool:
     """Delete a KB folder unless a reader holds it open (shared lock on its manifest)."""
     try:
@@ -198,11 +196,12 @@ def remove_stale(target: Path, keep: tuple[str, ...] = ()) -> list[str]:
     * versions of ``target`` (``.NAME.kb-*``) that it does not point to and that no reader holds open.
     """
     removed = []
-    current = current_version(target)
-    prefix = f".{target.name}.kb-"
-    for entry in os.scandir(target.parent):
+    entries = list(os.scandir(target.parent))
+    # Never touch a folder that any symlink here points to (this KB's current version or another KB's).
+    linked = {os.readlink(e.path) for e in entries if e.is_symlink()}
+    for entry in entries:
         name = entry.name
-        if name in keep:
+        if name in keep or name in linked:
             continue
         m = _TEMP.fullmatch(name)
         if m and not pid_alive(int(m["pid"])):
@@ -212,7 +211,7 @@ def remove_stale(target: Path, keep: tuple[str, ...] = ()) -> list[str]:
             else:
                 path.unlink(missing_ok=True)
             removed.append(name)
-        elif name.startswith(prefix) and name != current and entry.is_dir(follow_symlinks=False):
+        elif _is_version_of(name, target) and entry.is_dir(follow_symlinks=False):
             if remove_if_unused(Path(entry.path)):
                 removed.append(name)
     return removed

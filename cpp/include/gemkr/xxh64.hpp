@@ -4,14 +4,16 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace gemkr {
 
@@ -112,30 +114,40 @@ class XXH64 {
   uint64_t total_ = 0;
 };
 
-// XXH64 of a whole file, read sequentially in large blocks. Throws std::runtime_error if unreadable.
+// XXH64 of a whole file. The file is memory-mapped and hashed straight from the page cache (a read()
+// into a buffer would copy every byte once more and halve the speed), in windows of 64 MiB so that
+// the address space stays small. Throws std::runtime_error if the file cannot be read.
 inline uint64_t xxh64_file(const std::string& path, uint64_t* bytes_read = nullptr) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
-#ifdef POSIX_FADV_SEQUENTIAL
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::runtime_error("cannot stat " + path + ": " + std::strerror(err));
+  }
+  const uint64_t size = uint64_t(st.st_size);
+  constexpr uint64_t kWindow = uint64_t(64) << 20;
+#ifdef MAP_POPULATE
+  constexpr int kFlags = MAP_PRIVATE | MAP_POPULATE;  // fault the window in at once
+#else
+  constexpr int kFlags = MAP_PRIVATE;
 #endif
-  thread_local std::vector<uint8_t> buf(size_t(1) << 20);
   XXH64 h;
-  uint64_t total = 0;
-  while (true) {
-    const ssize_t got = ::read(fd, buf.data(), buf.size());
-    if (got < 0) {
-      if (errno == EINTR) continue;
+  for (uint64_t off = 0; off < size; off += kWindow) {
+    const size_t n = size_t(std::min(kWindow, size - off));
+    void* p = ::mmap(nullptr, n, PROT_READ, kFlags, fd, off_t(off));
+    if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);
-      throw std::runtime_error("cannot read " + path + ": " + std::strerror(err));
+      throw std::runtime_error("cannot map " + path + ": " + std::strerror(err));
     }
-    if (got == 0) break;
-    h.update(buf.data(), size_t(got));
-    total += uint64_t(got);
+    ::madvise(p, n, MADV_SEQUENTIAL | MADV_WILLNEED);
+    h.update(p, n);
+    ::munmap(p, n);
   }
   ::close(fd);
-  if (bytes_read) *bytes_read = total;
+  if (bytes_read) *bytes_read = size;
   return h.digest();
 }
 
