@@ -4,9 +4,11 @@ Corpora: synthetic Zipf token streams (vocab 32,000, documents of ~150 tokens) a
 the packaged Wikipedia summaries tokenized with SmolLM2. For each corpus:
 
 * our KB (``KnowledgeBase.build_from_token_ids``): build seconds and peak RSS (measured in a child
-  process), index bytes/token, median/p99 latency of next_tokens at prefix lengths 0, 1, 2, 4, 8, of
-  count, doc_ids and unique_doc, and a decoding workload (20 beams x 15 steps per query, all beams of a
-  step in one call to the stateful API: children + extend + unique_docs);
+  process), index bytes/token, open time with checksum verification (the default) and without it,
+  the XXH64 checksum speed, median/p99 latency of next_tokens at prefix lengths 0, 1, 2, 4, 8, of
+  count, doc_ids and unique_doc, one fused ``step`` for 20 beams against the separate extend + counts +
+  unique_docs calls on the same states, and a decoding workload (20 beams x 15 steps per query, all beams
+  of a step in one call to the stateful API: next_tokens_of + extend + unique_docs);
 * a plain numpy suffix array (forward text, binary search per query; suffix array from our SA-IS);
 * the PyPI ``fm-index`` package (``MultiFMIndex`` over token ids mapped to characters) where it has the
   operation (count, doc ids; it has no continuation listing), up to ``--fm-index-max-tokens``.
@@ -37,6 +39,7 @@ import numpy as np
 VOCAB = 32_000
 DOC_LEN = 150
 BEAMS, STEPS = 20, 15
+STEP_DEPTHS = (1, 3)
 SDSL_ANCHOR = {"bytes_per_token": 2.95, "build_s": 170.0, "build_rss_gb": 1.81, "next1_median_ms": 3.2,
                "next1_p99_ms": 4.7, "doc_lookup_us": 91.0, "decode_ms": 67.0, "tokens": 100e6}
 
@@ -231,7 +234,10 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
     print(f"\n== {name} ==", flush=True)
     out = workdir / f"kb_{name}"
     built = build_ours("wiki" if name == "wiki" else "zipf", tokens_hint, out, args.max_ram_gb)
+    opened = {v: time_open(out, v) for v in (True, False)}  # page cache warm (just built)
+    opened["cold"] = time_open(out, True, repeat=1, cold=True)
     kb = KnowledgeBase.open(out, verify=False)
+    kb_bytes = sum(r["bytes"] for r in kb.manifest["files"].values())
     index_bytes = sum(s["file_size"] for s in kb.shard_info())
     row = {"corpus": name, "tokens": kb.num_tokens, "docs": kb.num_docs, "shards": kb.num_shards,
            "build_s": built["build_s"], "peak_rss_gb": built["peak_rss"] / 2**30,
@@ -240,6 +246,13 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
            "bytes_per_token": index_bytes / kb.num_tokens}
     print(f"ours: built in {built['build_s']:.1f} s, peak RSS {row['peak_rss_gb']:.2f} GiB, "
           f"{row['bytes_per_token']:.2f} B/token, {kb.num_shards} shard(s)", flush=True)
+    row["kb_bytes"] = kb_bytes
+    row["open_verify_ms"], row["open_noverify_ms"] = opened[True] * 1e3, opened[False] * 1e3
+    row["open_cold_ms"] = opened["cold"] * 1e3
+    row["checksum_gb_per_s"] = checksum_speed(kb)
+    print(f"open: {row['open_verify_ms']:.0f} ms with checksums (default), {row['open_noverify_ms']:.1f} ms "
+          f"without, for {kb_bytes / 2**20:.0f} MiB (page cache warm); {row['open_cold_ms']:.0f} ms with checksums "
+          f"after evicting the KB's pages; xxh64 {row['checksum_gb_per_s']:.1f} GB/s", flush=True)
 
     docs = docs_fn()
     tokens, offsets = flatten(docs)
@@ -252,6 +265,10 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
     row["count"] = timeit(kb.count, lookup)
     row["doc_ids"] = timeit(kb.doc_ids, lookup)
     row["unique_doc"] = timeit(kb.unique_doc, lookup)
+    for depth in STEP_DEPTHS:
+        row[f"step{depth}"], row[f"step{depth}_separate"] = step_latency(kb, tokens, offsets, rng, q, depth)
+        print(f"step of {BEAMS} beams at depth {depth}: fused {fmt_us(row[f'step{depth}'])} us, extend + counts + "
+              f"unique_docs {fmt_us(row[f'step{depth}_separate'])} us (median / p99)", flush=True)
 
     def decode(seed_prefix):
         # 20 beams x 15 steps as the constrained decoder runs them: per step, one call lists every live
@@ -302,8 +319,81 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
         fb["unique_doc"] = timeit(lambda p: len(fmi.count(p)) == 1, pats, warmup=5)
         row["fm_index"] = fb
         del fmi
-    shutil.rmtree(out, ignore_errors=True)
+    remove_kb(out)
     return row
+
+
+def remove_kb(path: Path) -> None:
+    """A built KB is a symlink to a versioned sibling folder: remove both."""
+    if path.is_symlink():
+        shutil.rmtree(os.path.realpath(path), ignore_errors=True)
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def evict(path: Path) -> None:
+    """Drop the page-cache pages of the KB's own files (POSIX_FADV_DONTNEED; nothing else is touched)."""
+    for f in Path(os.path.realpath(path)).rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def time_open(path: Path, verify: bool, repeat: int = 3, cold: bool = False) -> float:
+    """Best of ``repeat`` wall times of KnowledgeBase.open (seconds); ``cold``: evict the KB's pages first."""
+    from gemkr_llamaindex.kb import KnowledgeBase
+
+    best = float("inf")
+    for _ in range(repeat):
+        if cold:
+            evict(path)
+        t = time.perf_counter()
+        KnowledgeBase.open(path, verify=verify).close()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def checksum_speed(kb) -> float:
+    """GB/s of the XXH64 checksum over every file of the KB (page cache warm), best of 3."""
+    from gemkr_llamaindex.kb.store import checksum_file
+
+    files = [kb.real_path / n for n in kb.manifest["files"]]
+    total = sum(f.stat().st_size for f in files)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for f in files:
+            checksum_file(f)
+        best = min(best, time.perf_counter() - t)
+    return total / best / 1e9
+
+
+def step_latency(kb, tokens, offsets, rng, n, depth):
+    """Per call: one fused step for BEAMS states vs extend + counts + unique_docs on the same states.
+
+    The beams are BEAMS distinct prefixes of ``depth`` tokens (random corpus positions), each stepping by
+    the token that follows it there. Short prefixes are frequent (their unique-doc check stops at once,
+    so the call overhead shows); longer ones are rare (locating their occurrences dominates).
+    """
+    cases = []
+    for _ in range(n):
+        ps = sample_prefixes(tokens, offsets, depth + 1, BEAMS, rng)
+        states = np.concatenate([kb.state(p[:depth]) for p in ps])
+        cases.append((states, np.array([p[depth] for p in ps], dtype=np.int64)))
+
+    def fused(case):
+        kb.step(*case)
+
+    def separate(case):
+        s = kb.extend(*case)
+        kb.counts(s)
+        kb.unique_docs(s)
+
+    return timeit(fused, cases), timeit(separate, cases)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -346,6 +436,13 @@ def report(rows, args) -> str:
         for k in ("count", "doc_ids", "unique_doc"):
             lines.append(f"| {k} (4-token prefix) | {fmt_us(r[k])} | {fmt_us(sa.get(k))} | {ratio(sa.get(k), r[k])} "
                          f"| {fmt_us(fm.get(k))} | {ratio(fm.get(k), r[k])} |")
+        for depth in STEP_DEPTHS:
+            lines.append(f"| step of {BEAMS} beams at depth {depth}: fused; extend+counts+unique_docs | "
+                         f"{fmt_us(r[f'step{depth}'])}; {fmt_us(r[f'step{depth}_separate'])} | - | | - | |")
+        lines.append(f"| open ms: verified (default) / verify=False, page cache warm ({r['kb_bytes'] / 2**20:.0f} MiB, "
+                     f"xxh64 {r['checksum_gb_per_s']:.1f} GB/s) | {r['open_verify_ms']:.0f} / {r['open_noverify_ms']:.1f} "
+                     f"| - | | - | |")
+        lines.append(f"| open ms: verified, the KB's pages evicted first | {r['open_cold_ms']:.0f} | - | | - | |")
         lines.append(f"| decode 20 beams x 15 steps (ms/query) | {r['decode']['median_us'] / 1e3:.2f} / "
                      f"{r['decode']['p99_us'] / 1e3:.2f} | - | | - | |")
         lines.append("")
@@ -361,11 +458,8 @@ def report(rows, args) -> str:
             f"- next_tokens after 1 token: median {a['next1']['median_us']:.1f} -> {b['next1']['median_us']:.1f} us; "
             f"decode {a['decode_ms_per_query']:.2f} -> {b['decode_ms_per_query']:.2f} ms/query",
         ]
-        from gemkr_llamaindex.kb.knowledge_base import (
-            BUILD_BYTES_PER_TOKEN,
-            MAX_SHARD_SYMBOLS,
-            _default_max_ram_gb,
-        )
+        from gemkr_llamaindex.kb.build import BUILD_BYTES_PER_TOKEN, MAX_SHARD_SYMBOLS
+        from gemkr_llamaindex.kb.build import default_max_ram_gb as _default_max_ram_gb
 
         per_tok_s = b["build_s"] / b["tokens"]
         bpt = b["bytes_per_token"]
