@@ -167,6 +167,7 @@ static std::vector<std::string> write_shards(std::mt19937& rng, const Docs& docs
     BuildParams params;
     params.sample_rate = 1 + rng() % 5;
     params.cache_min_children = 1 + rng() % 3;
+    params.sync = false;  // thousands of tiny files: fsync would dominate the run time
     paths.push_back(stem + std::to_string(s) + ".fmi");
     FMIndex::build(tokens.data(), offsets.data(), end - begin, paths.back(), params);
     begin = end;
@@ -338,6 +339,7 @@ static void test_corrupt_files(std::mt19937& rng, const std::string& stem) {
   const std::string good = stem + "good.fmi", bad = stem + "bad.fmi";
   BuildParams params;
   params.cache_min_children = 2;
+  params.sync = false;
   FMIndex::build(tokens.data(), offsets.data(), docs.size(), good, params);
   std::ifstream in(good, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

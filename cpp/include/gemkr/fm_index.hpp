@@ -88,6 +88,7 @@ struct BuildParams {
   uint32_t cache_min_children = 512;  // cache a prefix's continuations when it has at least this many
   uint32_t cache_max_depth = 3;       // ... and is at most this many tokens long
   double cache_max_fraction = 0.25;   // cached entries (4 bytes each) <= this fraction of the text length
+  bool sync = true;                   // fsync the finished shard file (tests turn it off for speed)
 };
 
 namespace fm_detail {
@@ -713,8 +714,8 @@ class FileWriter {
   void seek_start() {
     if (std::fseek(f_, 0, SEEK_SET) != 0) throw std::runtime_error("seek failed for " + path_);
   }
-  void close() {
-    if (std::fflush(f_) != 0 || ::fsync(fileno(f_)) != 0 || std::fclose(f_) != 0) {
+  void close(bool sync = true) {
+    if (std::fflush(f_) != 0 || (sync && ::fsync(fileno(f_)) != 0) || std::fclose(f_) != 0) {
       f_ = nullptr;
       throw std::runtime_error("close failed for " + path_);
     }
@@ -935,7 +936,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
     const void* data;
     uint64_t bytes;
   };
-  auto write_file = [&](const std::string& out_path, const std::vector<Blob>& blobs) {
+  auto write_file = [&](const std::string& out_path, const std::vector<Blob>& blobs, bool sync) {
     uint64_t pos = align64(sizeof(Header));
     for (uint32_t s = 0; s < kNumSections; ++s) {
       h.offsets[s] = pos;
@@ -950,7 +951,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
       w.write(blobs[s].data, blobs[s].bytes);
     }
     w.pad_to(h.file_size);
-    w.close();
+    w.close(sync);
   };
 
   std::vector<uint64_t> cache_keys, cache_offsets{0};
@@ -971,7 +972,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   };
   h.cache_entries = 0;
   h.cache_children = 0;
-  write_file(path, blobs());
+  write_file(path, blobs(), false);  // rewritten below with the cache: no need to sync this one
 
   // Cache: breadth-first over prefixes of length 0..max_depth, most frequent first, while within budget.
   {
@@ -1003,7 +1004,7 @@ inline void ShardBuilder::write(const std::string& path, const BuildParams& para
   h.cache_entries = cache_keys.size() / 2;
   h.cache_children = cache_children.size();
   const std::string tmp = path + ".tmp";
-  write_file(tmp, blobs());
+  write_file(tmp, blobs(), params.sync);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
 }
 
