@@ -39,7 +39,7 @@ import numpy as np
 VOCAB = 32_000
 DOC_LEN = 150
 BEAMS, STEPS = 20, 15
-STEP_DEPTHS = (1, 3)
+STEP_DEPTHS = (0, 1, 3)
 SDSL_ANCHOR = {"bytes_per_token": 2.95, "build_s": 170.0, "build_rss_gb": 1.81, "next1_median_ms": 3.2,
                "next1_p99_ms": 4.7, "doc_lookup_us": 91.0, "decode_ms": 67.0, "tokens": 100e6}
 
