@@ -152,9 +152,7 @@ def _():
     index = GeMKRIndex.from_documents(docs, tokenizer=str(tmp / "llm"), kb_dir=str(tmp / "kb"))
     llm = dict(llm=LlamaForCausalLM.from_pretrained(tmp / "llm").eval(), tokenizer=PreTrainedTokenizerFast.from_pretrained(tmp / "llm"),
                config=DecodingConfig(num_beams=4, num_groups=2, min_length=2, max_length=5))
-    # The generator is losing its KB argument (the index binds it in as_retriever); accept either signature.
-    import inspect
-    gen = ClueGenerator(index.kb, **llm) if "kb" in inspect.signature(ClueGenerator).parameters else ClueGenerator(**llm)
+    gen = ClueGenerator(**llm)  # KB-free; as_retriever binds it to the index's KB
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp / "query.png")
     query = QueryBundle(query_str="t5 t7", image_path=str(tmp / "query.png"))
     hits = index.as_retriever(generator=gen, similarity_top_k=2).retrieve(query)
