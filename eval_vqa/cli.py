@@ -53,6 +53,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--li-clip-model", help="open_clip architecture for image tokens in 'li' (default: text only)")
     p.add_argument("--li-mapping", help="trained vision->text mapping weights for 'li' (torch file)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is fastest on a busy small CPU)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra option passed to retriever/answerer factories (repeatable)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     for module in args.plugin:
         importlib.import_module(module)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
     unknown = [r for r in retrievers if r not in RETRIEVERS]
     if unknown:

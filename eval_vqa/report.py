@@ -123,23 +123,38 @@ def latency_figure(rows: dict[str, dict], e2e: bool = False):
     """Horizontal bars of mean latency per row on a log axis, each bar labelled with its value.
 
     A linear axis hides a 2 ms BM25 next to a 3 s GeMKR; on a log axis both read, and the labels give
-    the numbers. Returns the matplotlib figure (the caller saves and closes it).
+    the numbers. In an end-to-end run each row has two bars, retrieval and total (retrieval + answer).
+    Returns the matplotlib figure (the caller saves and closes it).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     labels = list(rows)
-    values = [max(float(rows[label]["latency_ms_mean"]), 1e-3) for label in labels]
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(labels) + 1.4))
-    bars = ax.barh(labels, values, color=[f"C{i % 10}" for i in range(len(labels))])
+    series = [("latency_ms_mean", "total (retrieval + answer)" if e2e else "retrieval")]
+    if e2e:
+        series.insert(0, ("retrieval_ms_mean", "retrieval"))
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(6.5, (0.3 + 0.25 * len(series)) * len(labels) + 1.4))
+    values_all = []
+    for j, (key, name) in enumerate(series):
+        values = [max(float(rows[label].get(key, rows[label]["latency_ms_mean"])), 1e-3) for label in labels]
+        values_all += values
+        ys = [i + (j - (len(series) - 1) / 2) * height for i in range(len(labels))]
+        bars = ax.barh(ys, values, height=height * 0.9, label=name, color=f"C{j}" if e2e else None,
+                       alpha=1.0 if j == 0 or not e2e else 0.55)
+        ax.bar_label(bars, labels=[format_ms(v) for v in values], padding=3, fontsize=8)
     ax.set_xscale("log")
-    ax.bar_label(bars, labels=[format_ms(v) for v in values], padding=3, fontsize=8)
-    if values:
-        ax.set_xlim(min(values) / 2, max(values) * 6)  # room for the labels right of the longest bar
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g} s" if v >= 1000 else f"{v:g} ms"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(values_all) / 2, max(values_all) * 8)  # room for the labels right of the longest bar
+    ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()  # first row on top, as in the table
-    what = "retrieval + answer" if e2e else "retrieval"
-    ax.set_xlabel(f"mean latency per query, ms ({what}; log scale)")
+    ax.set_xlabel("mean latency per query (log scale)")
     ax.set_title("latency per query")
-    ax.grid(axis="x", which="both", alpha=0.25)
+    ax.grid(axis="x", which="major", alpha=0.3)
+    if e2e:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return fig
 
 

@@ -277,3 +277,7 @@ def test_latency_plot_uses_a_log_axis_with_value_labels():
     assert labels == ["2.0 ms", "3.1 s", "0.40 ms"]
     assert ax.get_xlim()[0] < 0.4 and ax.get_xlim()[1] > 3100
     plt.close(fig)
+    # end to end: a retrieval bar and a total bar per row
+    fig = latency_figure({"bm25 -> reader": {"latency_ms_mean": 3500.0, "retrieval_ms_mean": 2.0}}, e2e=True)
+    assert fig.axes[0].get_xscale() == "log" and [t.get_text() for t in fig.axes[0].texts] == ["2.0 ms", "3.5 s"]
+    plt.close(fig)
