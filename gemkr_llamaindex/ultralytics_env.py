@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 YOLO_EXTRA_HINT = 'pip install "gemkr-llamaindex[yolo]"'
 
+# One process-wide lock for every call into ultralytics: its predictors are not thread-safe, and the
+# thread-count save/restore below must never interleave between threads.
+_ULTRALYTICS_LOCK = threading.RLock()
+_env_ready = False
+
 
 def offline_ultralytics_env() -> None:
-    """Point ultralytics away from the network and from ``~/.config`` before it is first imported:
-    no online checks or auto-installs, settings under ``<cache>/ultralytics``, quiet by default."""
-    from gemkr_llamaindex import assets
+    """Point ultralytics away from the network and from ``~/.config`` before it is first imported: no
+    online checks or auto-installs, settings under ``<cache>/ultralytics``, quiet unless the user said
+    otherwise. Done once per process (the first time a YOLO model is built), never again at call time."""
+    global _env_ready
+    with _ULTRALYTICS_LOCK:
+        if _env_ready:
+            return
+        from gemkr_llamaindex import assets
 
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    if "YOLO_CONFIG_DIR" not in os.environ:
-        config_dir = assets.cache_dir() / "ultralytics"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+        os.environ["YOLO_OFFLINE"] = "1"
+        os.environ["YOLO_AUTOINSTALL"] = "0"
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+        if "YOLO_CONFIG_DIR" not in os.environ:
+            config_dir = assets.cache_dir() / "ultralytics"
+            config_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+        _env_ready = True
 
 
 def import_ultralytics() -> Any:
@@ -51,12 +63,16 @@ def import_ultralytics() -> Any:
 def preserve_torch_threads() -> Iterator[None]:
     """Undo ultralytics' global ``torch.set_num_threads(min(8, cpus - 1))``, which its CPU device selection
     does on every predict and train: left alone it halves the speed of everything else in the process on a
-    2-core machine (GeMKR training included) and caps a large machine at 8 threads."""
+    2-core machine (GeMKR training included) and caps a large machine at 8 threads.
+
+    Holds the process-wide ultralytics lock for the whole call, so concurrent callers (retrievers in
+    worker threads) run one ultralytics call at a time and each restores the count it found."""
     import torch
 
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+    with _ULTRALYTICS_LOCK:
+        threads = torch.get_num_threads()
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)

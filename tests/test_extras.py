@@ -181,12 +181,6 @@ def test_yolo_without_the_yolo_extra_says_what_to_install(without_extras, entry)
     assert "AGPL-3.0" in without_extras[entry]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gemkr_llamaindex/model/vision.py (register_clip_model_config and load_clip) does a bare `import open_clip`: "
-           "the error says only 'No module named open_clip'. Fix in that file: wrap the import and raise ImportError "
-           "naming pip install \"gemkr-llamaindex[vision]\"",
-)
 def test_vision_tower_without_the_vision_extra_says_what_to_install(without_extras):
     _names_extra(without_extras["vision_tower"], "vision")
 

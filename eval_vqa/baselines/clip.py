@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from llama_index.core.schema import QueryBundle
 
+from gemkr_llamaindex.model.vision import import_open_clip
+
 from .common import ScoringRetriever, cached_arrays, corpus_fingerprint, default_cache_dir, split_docs
 
 TINY_CLIP = "gemkr-tiny-clip"
@@ -29,7 +31,7 @@ _TINY_CLIP_CFG = {
 
 def register_tiny_clip() -> str:
     """Register a tiny open_clip architecture (2+2 layers, 32-d) for offline tests; returns its name."""
-    import open_clip
+    open_clip = import_open_clip()  # an ImportError naming the [vision] extra when it is missing
 
     if TINY_CLIP not in open_clip.list_models():
         folder = default_cache_dir("clip_configs")
@@ -41,7 +43,7 @@ def register_tiny_clip() -> str:
 
 def load_open_clip(model_name: str, pretrained: str | None = None, device: str = "cpu"):
     """``(model, preprocess, tokenizer)`` for an open_clip model; warns when the weights are random."""
-    import open_clip
+    open_clip = import_open_clip()  # an ImportError naming the [vision] extra when it is missing
 
     if model_name == TINY_CLIP:
         register_tiny_clip()

@@ -27,13 +27,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+VISION_EXTRA_HINT = 'pip install "gemkr-llamaindex[vision]"'
+
+
+def import_open_clip():
+    """open_clip, or an ImportError that names the extra to install (also used by eval's CLIP baseline)."""
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ImportError(f"the GeMKR vision tower needs open_clip ({exc}); install the vision extra: "
+                          f"{VISION_EXTRA_HINT}") from exc
+    return open_clip
+
 
 def register_clip_model_config(name: str, model_cfg: dict[str, Any]) -> None:
     """Make an open_clip architecture ``name`` available from a config dict (e.g. a tiny test ViT).
 
     open_clip reads architectures from JSON files; we write one under the cache directory.
     """
-    import open_clip
+    open_clip = import_open_clip()
 
     from gemkr_llamaindex import assets
 
@@ -57,7 +69,7 @@ def load_clip(
     seeded with ``seed`` so the same config always builds the same frozen weights. The text tower is
     dropped: GeMKR only needs the image encoder.
     """
-    import open_clip
+    open_clip = import_open_clip()
 
     if model_cfg is not None:
         register_clip_model_config(model_name, model_cfg)

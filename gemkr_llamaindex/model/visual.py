@@ -62,11 +62,12 @@ class VisualInputs:
         key = None if cache_dir is None else str(cache_dir)
         with self._lock:
             if key not in self._extractors:
-                from gemkr_llamaindex.model.detector import ObjectDetector, ObjectFeatureCache, ObjectFeatureExtractor
+                from gemkr_llamaindex.model.detector import ObjectFeatureCache, ObjectFeatureExtractor, make_detector
 
                 any_extractor = next(iter(self._extractors.values()), None)
-                detector = any_extractor.detector if any_extractor is not None else ObjectDetector(
-                    self.config.detector, self.config.detector_conf, self.config.max_objects)
+                device = str(next(self.tower.parameters()).device)  # the detector runs where the tower does
+                detector = any_extractor.detector if any_extractor is not None else make_detector(
+                    self.config.detector, self.config.detector_conf, self.config.max_objects, device=device)
                 cache = None
                 if cache_dir is not None:
                     namespace = json.dumps(
