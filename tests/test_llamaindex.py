@@ -157,6 +157,7 @@ def test_image_query_with_a_trained_style_gemkr_model(index, tmp_path):
 
 def test_undecodable_image_error_survives_ultralytics_import(index, tmp_path):
     """ultralytics patches PIL.Image.open globally; a corrupt image must still give our clear error."""
+    pytest.importorskip("ultralytics", reason="needs the [yolo] extra")
     import ultralytics.utils.patches  # noqa: F401  (applies the patch)
 
     bad = tmp_path / "corrupt.png"
@@ -274,6 +275,7 @@ def test_concurrent_zero_shot_retrieval_equals_sequential(index):
 def test_concurrent_gemkr_retrieval_with_detector_and_backend_equals_sequential(index, tmp_path):
     """The multimodal path (detector, vision tower, object cache) and a user-set backend factory under 4
     concurrent aretrieve calls and 4 threads."""
+    pytest.importorskip("ultralytics", reason="needs the [yolo] extra")
     import numpy as np
     from PIL import Image
 
@@ -290,3 +292,43 @@ def test_concurrent_gemkr_retrieval_with_detector_and_backend_equals_sequential(
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
     bundles = [QueryBundle(query_str=q, image_path=str(p)) for q, p in zip(QUESTIONS, paths)]
     _same_as_sequential(index.as_retriever(generator=gen, similarity_top_k=3), bundles)
+
+
+def test_micro_batched_concurrent_calls_equal_unbatched_calls(index, generator):
+    import threading
+
+    plain = index.as_retriever(similarity_top_k=3)
+    batched = index.as_retriever(similarity_top_k=3, batch_window_ms=200, max_batch=4)
+    want = [[(h.node.node_id, h.score) for h in plain.retrieve(q)] for q in QUESTIONS]
+    got: list = [None] * len(QUESTIONS)
+
+    def work(i):
+        got[i] = [(h.node.node_id, h.score) for h in batched.retrieve(QUESTIONS[i])]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(QUESTIONS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batched._batcher.batches < len(QUESTIONS)  # some calls shared a decoding batch
+    for g, w in zip(got, want):
+        assert [d for d, _ in g] == [d for d, _ in w]
+        assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
+    with pytest.raises(ValueError, match="needs a question or an image"):
+        batched.retrieve("   ")  # a bad query fails alone
+    assert [d for d, _ in ((h.node.node_id, h.score) for h in batched.retrieve(QUESTIONS[0]))] == [d for d, _ in want[0]]
+
+
+def test_importable_under_llamaindex_integration_namespace():
+    """LlamaIndex's convention: integrations live under llama_index.<kind>.<name> (a namespace package)."""
+    import importlib
+    from pathlib import Path
+
+    import gemkr_llamaindex
+
+    ns = importlib.import_module("llama_index.retrievers.gemkr")
+    assert ns.GeMKRRetriever is GeMKRRetriever and ns.GeMKRIndex is GeMKRIndex
+    repo = Path(gemkr_llamaindex.__file__).resolve().parents[1]
+    assert not (repo / "llama_index" / "__init__.py").exists() and not (repo / "llama_index/retrievers/__init__.py").exists()
+    importlib.import_module("llama_index.core")  # the namespace is shared, not shadowed
+    importlib.import_module("llama_index.retrievers.bm25")

@@ -209,6 +209,10 @@ class ClueGenerator:
             questions.append(self._fit(q, i))
         return bundles, questions
 
+    def validate(self, queries: Sequence[VQAQueryBundle | QueryBundle | str]) -> None:
+        """Raise the error :meth:`generate` would raise for these queries, without any model work."""
+        self._prepare(queries)
+
     def _warn_once(self, key: str, message: str) -> None:
         with self._lock:
             if key in self._warned:

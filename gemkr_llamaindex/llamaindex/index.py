@@ -39,7 +39,8 @@ KB_SUBDIR = "gemkr_kb"
 
 
 #: Keyword arguments ``as_retriever`` accepts (anything else is a typo and an error).
-RETRIEVER_KWARGS = frozenset({"generator", "similarity_top_k", "tagger", "callback_manager", "verbose"})
+RETRIEVER_KWARGS = frozenset({"generator", "similarity_top_k", "tagger", "callback_manager", "verbose",
+                              "batch_window_ms", "max_batch"})
 
 
 @dataclass
@@ -150,7 +151,8 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         """A :class:`GeMKRRetriever` over this index's KB and docstore.
 
         Keywords: ``generator`` (a :class:`ClueGenerator`; default: the one given to the index),
-        ``similarity_top_k``, ``tagger``, ``callback_manager``, ``verbose``. Any other keyword is an error
+        ``similarity_top_k``, ``tagger``, ``callback_manager``, ``verbose``, ``batch_window_ms`` and
+        ``max_batch`` (opt-in micro-batching of concurrent calls). Any other keyword is an error
         (``llm``, which LlamaIndex's engines pass through, is ignored).
         """
         kwargs.pop("llm", None)
@@ -181,7 +183,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         persist_dir.mkdir(parents=True, exist_ok=True)
         target = persist_dir / KB_SUBDIR
         if self._kb.path.resolve() != target.resolve():
-            self._kb.copy_to(target)  # atomic: a temporary sibling, then one rename over the old copy
+            self._kb.copy_to(target, overwrite=True)  # atomic: a temporary sibling, then one rename
         self.index_struct.kb_dir = KB_SUBDIR
         self.index_struct.kb_build_id = self._kb.build_id
         self._storage_context.index_store.add_index_struct(self.index_struct)

@@ -37,6 +37,10 @@ class GeMKRRetriever(BaseRetriever):
 
     ``tagger`` (optional): any image input -> hint string (``gemkr_llamaindex.tags.hint_tagger()``); it
     fills the visual-tags slot when a query brings no tags of its own.
+
+    ``batch_window_ms`` (optional, off by default): concurrent ``retrieve``/``aretrieve`` calls arriving
+    within this window share one decoding batch of up to ``max_batch`` queries
+    (:mod:`gemkr_llamaindex.llamaindex.batching`); each still gets exactly its own hits.
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class GeMKRRetriever(BaseRetriever):
         tagger: HintTagger | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        batch_window_ms: float | None = None,
+        max_batch: int = 8,
     ) -> None:
         if similarity_top_k < 1:
             raise ValueError("similarity_top_k must be >= 1")
@@ -59,6 +65,12 @@ class GeMKRRetriever(BaseRetriever):
         self.docstore = docstore
         self.similarity_top_k = similarity_top_k
         self.tagger = tagger
+        self._batcher = None
+        if batch_window_ms is not None:
+            from gemkr_llamaindex.llamaindex.batching import MicroBatcher
+
+            self._batcher = MicroBatcher(lambda bundles: self.generator.generate(bundles, self.kb),
+                                         batch_window_ms, max_batch)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _bundle(self, q: QueryBundle | str) -> VQAQueryBundle:
@@ -100,7 +112,11 @@ class GeMKRRetriever(BaseRetriever):
         return hits
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self.retrieve_batch([query_bundle])[0]
+        if self._batcher is None:
+            return self.retrieve_batch([query_bundle])[0]
+        bundle = self._bundle(query_bundle)
+        self.generator.validate([bundle])  # a bad query fails its own call, never its batch-mates'
+        return self._hits(self._batcher(bundle))
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # decoding is CPU/GPU-bound: run it in a worker thread so the event loop stays free; every call
