@@ -21,6 +21,7 @@ DOCS = [
     ("Madrid", "Madrid is the capital and most populous city of Spain. It lies on the River Manzanares in "
                "the central part of the Iberian Peninsula."),
     ("Moon landing", "A Moon landing is the arrival of a spacecraft on the surface of the Moon."),
+    ("Long", "Long is a word " + "and a word " * 20 + "in one sentence that is far too long to ask a cloze question about."),
 ]
 META = {"Cat": {"description": "Small domesticated carnivorous mammal", "topic": "Biology"},
         "Grace Hopper": {"description": "American computer scientist (1906-1992)", "topic": "People"}}
@@ -183,3 +184,46 @@ def test_a_checkpoint_detector_outside_its_folder_is_refused(tmp_path):
     (ckpt / "gemkr_config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unpickles"):
         GeMKRModel.from_pretrained(ckpt)
+
+
+# ---------------------------------------------------------------------------------------------- several processes
+def test_two_process_training_under_accelerate_matches_one_process(tmp_path):
+    """``accelerate launch`` of ``gemkr train`` with two CPU processes (gloo): each takes half of every global
+    batch, DDP averages the gradients, and the losses equal a single process's within tolerance."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    llm = build_tiny_llm(tmp_path / "llm")
+    docs = [(f"d{i}", f"Document number {i} tells about topic {i} and its many details at length.") for i in range(8)]
+    KnowledgeBase.build(docs, str(llm), tmp_path / "kb", show_progress=False)
+
+    def config(name):
+        cfg = {"kb_dir": str(tmp_path / "kb"), "output_dir": str(tmp_path / name),
+               "corpus_queries": {"wordnet": "none", "named": 1, "pictured": 1, "imagenet": False},
+               "clue_mode": "doc_start", "clue_length": 4,  # equal clue lengths: per-rank means average exactly
+               "model": {"llm": str(llm), "clip_model": None, "clip_pretrained": None}, "batch_size": 4,
+               "lr": 5e-3, "warmup_steps": 1, "max_steps": 3, "save_every": 0, "max_grad_norm": 0.0}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    one = subprocess.run([sys.executable, "-m", "gemkr_llamaindex.cli", "train", "--config", str(config("one"))],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    two = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "gemkr_llamaindex.cli",
+                          "train", "--config", str(config("two"))], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "losses.json").read_text())["losses"]
+    b = json.loads((tmp_path / "two" / "losses.json").read_text())["losses"]
+    assert len(a) == len(b) == 3
+    assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    wa = GeMKRModel.from_pretrained(tmp_path / "one" / "final").trainable_state_dict()
+    wb = GeMKRModel.from_pretrained(tmp_path / "two" / "final").trainable_state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

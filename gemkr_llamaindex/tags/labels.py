@@ -60,7 +60,7 @@ def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in class-index order, cleaned to plain words.
 
     Read from the WordNet names in ultralytics' ``ImageNet.yaml`` (e.g. ``Egyptian cat``), else from
-    torchvision's weight metadata; both are core dependencies of this project.
+    torchvision's weight metadata (the ``[tags]`` extra installs torchvision).
     """
     names = _from_ultralytics() or _from_torchvision()
     if not names:

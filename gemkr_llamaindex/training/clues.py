@@ -39,9 +39,10 @@ def _stop_words() -> frozenset[str]:
         path = Path(next(iter(spec.submodule_search_locations))) / "_static/nltk_cache/corpora/stopwords/english"
         if path.is_file():
             return frozenset(w.strip() for w in path.read_text().split() if w.strip())
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS)
+    raise FileNotFoundError(
+        "the English stop-word list that ships inside llama-index-core (_static/nltk_cache/corpora/stopwords/english) "
+        "is missing; reinstall llama-index-core"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -289,7 +289,9 @@ class PseudoQueryBuilder:
     def _cloze(self, ent: Entity, mention: str, hide_names: bool) -> str | None:
         """A sentence of the document with the entity replaced by ``mention`` and one span asked for;
         with ``hide_names`` (a pictured question) none whose text still names the entity."""
-        sentence = self.rng.choice(ent.sentences[: min(len(ent.sentences), 6)])
+        if not ent.sentences:  # every sentence of the document is too long to ask about
+            return None
+        sentence = self.rng.choice(ent.sentences[:6])
         s = sentence.rstrip(" .!?")
         replaced = False
         for name in sorted(ent.names, key=len, reverse=True):  # the entity as the sentence's subject

@@ -1,7 +1,11 @@
 """Instruction tuning of GeMKR (paper §Model Training, Implementation Details).
 
 AdamW at lr 6e-5 with linear warm-up (then cosine decay), batches of 12 in the paper; gradient
-accumulation; bf16 autocast on GPU. Only the trainable parts (prefixes, object projection, gates,
+accumulation; bf16 autocast on GPU; optional gradient checkpointing of the LLM (``gradient_checkpointing``,
+less activation memory for a 7B model at the cost of a second forward). Several processes (GPUs, or CPU
+processes with gloo) train one model data-parallel under ``accelerate launch``: every process walks the
+same global batches and takes its own slice of each (``batch_size`` is the global batch), gradients are
+averaged by DDP, and only the main process writes checkpoints. Only the trainable parts (prefixes, object projection, gates,
 alignment, LoRA) are optimised and checkpointed. A checkpoint folder holds the model's
 ``save_pretrained`` output plus ``trainer_state.pt`` (optimizer state, step, the run config), so a run
 resumes where it stopped with the same data order.
@@ -58,6 +62,7 @@ class TrainConfig:
     clue_length: int = 12
     rho: float = 1.0
     save_every: int = 200
+    gradient_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
     object_cache_dir: str | None = None  # default: <cache>/object_features
@@ -150,6 +155,12 @@ class Trainer:
         groups = [{"params": llm_params, "lr_scale": 1.0},
                   {"params": [p for p in self.params if id(p) not in llm_ids], "lr_scale": config.vision_lr_scale}]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        if config.gradient_checkpointing:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.accelerator = _accelerator()
+        self.forward_model: torch.nn.Module = model
+        if self.accelerator is not None:  # DDP across processes; the optimizer steps on synced gradients
+            self.forward_model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.step = 0
         self.cache_dir = config.object_cache_dir
         if self.cache_dir is None:
@@ -159,7 +170,14 @@ class Trainer:
         self.losses: list[float] = []
 
     # -- checkpoints ----------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoint-<step>`` (the main process only, under several processes)."""
+        if not self.is_main_process:
+            return None
         ckpt = self.output_dir / f"checkpoint-{self.step}"
         self.model.save_pretrained(ckpt)
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -205,18 +223,26 @@ class Trainer:
                 group["lr"] = lr * group["lr_scale"]
             total, n_seen = 0.0, 0
             for _ in range(cfg.grad_accum):
-                chunk = [self.examples[i] for i in next(order)]
+                chunk = [self.examples[i] for i in self._my_share(next(order))]
                 with autocast:
-                    out = self.model(
+                    out = self.forward_model(
                         [e.record.question for e in chunk], [list(e.clue_ids) for e in chunk],
                         visual=self._visual(chunk), tags=[e.record.tags for e in chunk],
                     )
                 # Accumulated gradients must average over micro-batches, not sum: divide each loss.
-                (out.loss / cfg.grad_accum).backward()
-                total += float(out.loss.detach()) / cfg.grad_accum
+                loss = out.loss / cfg.grad_accum
+                if self.accelerator is not None:
+                    self.accelerator.backward(loss)
+                    loss = self.accelerator.reduce(loss.detach(), reduction="mean")  # the global batch's loss
+                else:
+                    loss.backward()
+                total += float(loss.detach())
                 n_seen += len(chunk)
             if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                if self.accelerator is not None:
+                    self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -229,6 +255,27 @@ class Trainer:
         bar.close()
         self.model.eval()
         return self.losses
+
+    def _my_share(self, batch: list[int]) -> list[int]:
+        """This process's slice of a global batch (all of it in a single process)."""
+        if self.accelerator is None:
+            return batch
+        n, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if len(batch) < n:
+            raise ValueError(f"batch_size {len(batch)} is smaller than the {n} training processes")
+        return batch[rank::n]
+
+
+def _accelerator():
+    """An ``accelerate.Accelerator`` when this process is one of several (``accelerate launch``), else None."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes <= 1:
+        return None
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    # find_unused_parameters: a batch without text-only rows leaves the "no image" embedding unused
+    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def training_queries(config: TrainConfig, kb: Any) -> list:
@@ -272,10 +319,14 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
         if verbose:
             print(f"resumed from {ckpt} at step {trainer.step}")
     t0 = time.perf_counter()
-    trainer.train(progress=verbose)
-    final = model.save_pretrained(Path(config.output_dir) / "final")
-    (final / "decoding.json").write_text(json.dumps(decoding.to_dict(), indent=2))
-    write_loss_curve(trainer.losses, Path(config.output_dir), time.perf_counter() - t0)
+    trainer.train(progress=verbose and trainer.is_main_process)
+    final = Path(config.output_dir) / "final"
+    if trainer.is_main_process:
+        model.save_pretrained(final)
+        (final / "decoding.json").write_text(json.dumps(decoding.to_dict(), indent=2))
+        write_loss_curve(trainer.losses, Path(config.output_dir), time.perf_counter() - t0)
+    if trainer.accelerator is not None:
+        trainer.accelerator.wait_for_everyone()
     return final
 
 

@@ -82,30 +82,23 @@ class WordNet:
 
     def hypernym_closure(self, synset: Synset, depth: int = 6) -> list[Synset]:
         """Hypernyms breadth-first up to ``depth`` levels, nearest first, each once."""
-        out, seen, frontier = [], {synset.offset}, [synset.offset]
-        for _ in range(depth):
-            nxt = []
-            for o in frontier:
-                for h in self.synsets[o].hypernyms:
-                    if h not in seen and h in self.synsets:
-                        seen.add(h)
-                        out.append(self.synsets[h])
-                        nxt.append(h)
-            frontier = nxt
-        return out
+        return self._closure(synset, "hypernyms", depth, limit=None)
 
     def hyponym_closure(self, synset: Synset, depth: int = 2, limit: int = 60) -> list[Synset]:
         """Hyponyms breadth-first up to ``depth`` levels (at most ``limit``), nearest first."""
+        return self._closure(synset, "hyponyms", depth, limit)
+
+    def _closure(self, synset: Synset, link: str, depth: int, limit: int | None) -> list[Synset]:
         out, seen, frontier = [], {synset.offset}, [synset.offset]
         for _ in range(depth):
             nxt = []
             for o in frontier:
-                for h in self.synsets[o].hyponyms:
+                for h in getattr(self.synsets[o], link):
                     if h not in seen and h in self.synsets:
                         seen.add(h)
                         out.append(self.synsets[h])
                         nxt.append(h)
-                        if len(out) >= limit:
+                        if limit is not None and len(out) >= limit:
                             return out
             frontier = nxt
         return out
