@@ -120,12 +120,17 @@ def resolve_model(name_or_path: str | Path) -> str:
         return str(smollm2_path())
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf":
+        try:
+            if path.resolve() == smollm2_gguf_path().resolve():
+                return str(smollm2_path())  # the packaged file: its one converted folder
+        except AssetMissingError:
+            pass
         return str(converted_gguf(path))
     if path.exists():
         if not path.is_dir():
             raise FileNotFoundError(f"model path {text!r} is a file; pass a Hugging Face model folder or a .gguf file")
         if not ((path / "config.json").is_file() or (path / "tokenizer_config.json").is_file()):
-            raise FileNotFoundError(f"model folder {text!r} has neither config.json nor a tokenizer; pass a folder "
+            raise FileNotFoundError(f"model folder {text!r} has no config.json (nor a tokenizer); pass a folder "
                                     "written by save_pretrained()")
         return str(path)
     if text.startswith(("/", ".", "~")) or "\\" in text or not _HUB_ID.match(text):

@@ -7,7 +7,6 @@ in fp32 on CPU and bf16 on GPU unless told otherwise. transformers and torch are
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,39 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-
 def resolve_model(model: str) -> str:
-    """A loadable name for ``model``: the packaged SmolLM2 folder, a checked local folder, or a hub id.
+    """A loadable name for ``model``: the library's one resolver (``"smollm2"`` = the packaged model, a
+    ``.gguf`` file converted once, a checked local folder, or a hub id)."""
+    from gemkr_llamaindex.assets import resolve_model as resolve
 
-    Anything that looks like a path must exist and hold a ``config.json``; a bare ``org/name`` that is
-    not a local folder is passed on to transformers as a hub id (which needs its cache when offline).
-    """
-    if model.strip().lower() in SMOLLM2_ALIASES:
-        from gemkr_llamaindex import assets
-
-        return str(assets.smollm2_path())
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"model path {model!r} is a file; pass the Hugging Face model folder that holds "
-                "config.json and the weights"
-            )
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"model folder {model!r} has no config.json; pass a folder written by "
-                "save_pretrained() (or a hub id)"
-            )
-        return str(path)
-    if model.startswith(("/", ".", "~")) or "\\" in model or not _HUB_ID.match(model):
-        raise FileNotFoundError(
-            f"model path {model!r} does not exist; pass an existing Hugging Face model folder, a hub id "
-            "such as 'HuggingFaceTB/SmolLM2-360M-Instruct', or 'smollm2' for the packaged model"
-        )
-    return model
+    return resolve(model)
 
 
 def _load_error(model: str, exc: Exception) -> OSError:

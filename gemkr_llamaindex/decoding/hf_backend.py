@@ -36,6 +36,7 @@ class HFBackend:
     """Next-token log-probabilities of a transformers causal LM for the beams of a search."""
 
     def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        """``autocast_dtype``: None = bf16 autocast on a GPU, none on a CPU; ``torch.float32`` = never."""
         self.model = model
         self.device = next(model.parameters()).device
         if autocast_dtype is None and self.device.type == "cuda":
@@ -46,7 +47,7 @@ class HFBackend:
         self._next_pos: torch.Tensor | None = None
 
     def _forward(self, **kwargs) -> torch.Tensor:
-        enabled = self.autocast_dtype is not None
+        enabled = self.autocast_dtype not in (None, torch.float32)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
             out = self.model(use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, self._cache), **kwargs)
         self._cache = output_cache(out)

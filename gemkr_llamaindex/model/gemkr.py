@@ -39,12 +39,19 @@ class GeMKROutput:
 class GeMKRModel(nn.Module):
     """The GeMKR retriever's neural part. See the module docstring."""
 
-    def __init__(self, config: GeMKRConfig, device: str | torch.device = "cpu", verbose: bool = False) -> None:
+    def __init__(self, config: GeMKRConfig, device: str | torch.device = "cpu", verbose: bool = False,
+                 base_llm: tuple[nn.Module, Any] | None = None) -> None:
+        """``base_llm``: an already built ``(causal LM, tokenizer)`` to wrap instead of loading ``config.llm``
+        (for benchmarks of untrained architectures, e.g. a random LLaMA-7B-shaped model on a GPU)."""
         super().__init__()
         from gemkr_llamaindex.model.llm import add_lora, load_llm
 
         self.config = config
-        llm, self.tokenizer = load_llm(config.llm, device=device)
+        if base_llm is not None:
+            llm, self.tokenizer = base_llm
+            llm.eval().requires_grad_(False)
+        else:
+            llm, self.tokenizer = load_llm(config.llm, device=device)
         self.tower = self.alignment = self.preprocess = None
         self.visual_io: VisualInputs | None = None
         with torch.random.fork_rng(devices=[]):

@@ -29,7 +29,7 @@ class InstructionTemplate:
         has no slot: ``image_slot=False`` leaves the ``### Image:`` line out)."""
         if not isinstance(question, str):
             raise TypeError(f"question must be a str, got {type(question).__name__}")
-        before = f"{self.task}\n### Question: {question.strip()}\n"
+        before = (f"{self.task}\n" if self.task else "") + f"### Question: {question.strip()}\n"
         if tags:
             before += f"### Visual tags: {tags.strip()}\n"
         if not image_slot:

@@ -1,0 +1,41 @@
+"""Model names resolve in one place: the packaged SmolLM2 alias, GGUF files by path, folders, hub ids."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from gemkr_llamaindex import assets
+
+
+def test_every_alias_of_the_packaged_model_resolves_to_one_folder():
+    folder = assets.resolve_model("smollm2")
+    assert all(assets.resolve_model(a) == folder for a in assets.SMOLLM2_ALIASES)
+    assert assets.resolve_model(str(assets.smollm2_gguf_path())) == folder  # the packaged GGUF by path too
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        assets.resolve_model("./no/such/model.bin")
+
+
+def test_a_gguf_file_by_path_is_converted_once_into_a_folder(tmp_path, monkeypatch):
+    """Any .gguf path works wherever an LLM is taken: converted once (atomically) into the cache."""
+    src = assets.smollm2_gguf_path()
+    gguf = tmp_path / "models" / "my-llm.gguf"
+    gguf.parent.mkdir()
+    try:
+        os.link(src, gguf)  # same bytes, another path: the generic conversion runs
+    except OSError:
+        shutil.copy2(src, gguf)
+    monkeypatch.setenv("GEMKR_CACHE", str(tmp_path / "cache"))
+    folder = assets.resolve_model(str(gguf))
+    assert (tmp_path / "cache") in __import__("pathlib").Path(folder).parents
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no half-written folder
+    assert assets.resolve_model(str(gguf)) == folder  # the second time: no conversion
+    from gemkr_llamaindex.model.llm import load_llm
+
+    model, tok = load_llm(str(gguf))
+    packaged = assets.load_tokenizer("smollm2")
+    assert tok.get_vocab() == packaged.get_vocab() and model.config.num_hidden_layers == 30
+    with pytest.raises(FileNotFoundError, match="GGUF file"):
+        assets.resolve_model(str(tmp_path / "missing.gguf"))
