@@ -13,7 +13,7 @@ used anywhere; the mini benchmark is an evaluation set only.
 
 Usage (about an hour on 2 CPU cores)::
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --out runs/wiki-smollm2 [--steps 1000]
+    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --out runs/wiki-smollm2 [--steps 600]
     PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --install runs/wiki-smollm2/final
 
 ``--install`` copies a finished checkpoint into the package (weights, config, decoding settings, the corpus
@@ -101,7 +101,7 @@ def install(final: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/wiki-smollm2"))
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--named", type=int, default=1)
