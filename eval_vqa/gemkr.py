@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from typing import Any
 
 #: Factory options that are not decoding settings.
@@ -57,9 +58,12 @@ def gemkr_generator(docs: list, o: dict):
         checkpoint = packaged_checkpoint_for(docs)
     batch = int(o.get("batch_size", 4))
     if checkpoint and not zero_shot:
+        print(f"gemkr: trained checkpoint {checkpoint}", file=sys.stderr)
         base = checkpoint_decoding_config(checkpoint)
         return ClueGenerator.from_checkpoint(checkpoint, device=o.get("device", "cpu"), batch_size=batch,
                                              config=DecodingConfig.from_options(decoding_options(o), base))
+    why = "zero_shot=1" if zero_shot else "no trained checkpoint for this corpus"
+    print(f"gemkr: zero-shot {o.get('llm', 'smollm2')} ({why})", file=sys.stderr)
     return ClueGenerator.zero_shot_llm(o.get("llm", "smollm2"), batch_size=batch,
                                        config=DecodingConfig.from_options(decoding_options(o)))
 
