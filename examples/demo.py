@@ -2,10 +2,12 @@
 
 1. The knowledge base over the 10,033 packaged Wikipedia summaries, tokenized with SmolLM2 (built once,
    then cached).
-2. The GeMKR retriever: constrained diverse beam search (20 beams in 4 groups, clues of 10-15 tokens)
-   over that KB. Without a trained checkpoint (``--checkpoint DIR``) it runs zero-shot: the packaged
-   SmolLM2-135M-Instruct reads the question and the photo's visual tags (ImageNet labels + OCR).
-3. The VQA reader (SmolLM2-135M-Instruct) answers from the top passages.
+2. The GeMKR retriever: the checkpoint that ships for this KB (SmolLM2-135M + LoRA trained on
+   pseudo-queries made from the summaries alone; it reads the question and the photo's visual tags,
+   ImageNet labels + OCR), with knowledge-guided constrained decoding (20 beams in 4 groups, clues of
+   3-12 tokens, half the groups anchored at document openings). ``--zero-shot`` runs the untrained
+   SmolLM2-135M-Instruct instead; ``--checkpoint DIR`` any other checkpoint.
+3. The VQA reader (SmolLM2-135M-Instruct) answers from the sentences around the top passages' clues.
 4. A few image + question queries of the shipped mini benchmark, then the retrieval table of the
    retrievers on the whole mini benchmark (per-query results are cached and resumed; ``--fresh`` reruns).
 """
@@ -35,7 +37,9 @@ def hint_tagger():
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="a trained GeMKR checkpoint (GeMKRModel.save_pretrained)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a trained GeMKR checkpoint (default: the one that ships for the packaged KB)")
+    p.add_argument("--zero-shot", action="store_true", help="zero-shot SmolLM2 instead of a trained checkpoint")
     p.add_argument("--fresh", action="store_true", help="recompute the retrieval table instead of resuming it")
     p.add_argument("--no-table", action="store_true", help="skip the retrieval table")
     args = p.parse_args(argv)
@@ -44,47 +48,51 @@ def main(argv: list[str] | None = None) -> None:
     kb = wiki_summaries_kb()
     print(f"{kb}  (ready in {time.perf_counter() - t0:.1f} s)\n")
 
-    from llama_index.core.schema import QueryBundle
-
     from eval_vqa.mini import load_mini_benchmark
+    from gemkr_llamaindex.checkpoints import packaged_checkpoint
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.images import packaged_image_path
-    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever
+    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever, VQAQueryBundle
     from reader import VQAQueryEngine, VQAReader
 
-    if args.checkpoint:
-        print(f"GeMKR retriever: trained checkpoint {args.checkpoint}")
-        gen = ClueGenerator.from_checkpoint(args.checkpoint)
+    checkpoint = None if args.zero_shot else (args.checkpoint or packaged_checkpoint())
+    if checkpoint:
+        print(f"GeMKR retriever: trained checkpoint {checkpoint}")
+        print("  SmolLM2-135M + LoRA trained on pseudo-queries made from this KB alone; it reads the question and")
+        print("  the photo's visual tags, and constrained decoding keeps every clue inside the KB.")
+        gen = ClueGenerator.from_checkpoint(checkpoint)
     else:
-        print("GeMKR retriever: ZERO-SHOT SmolLM2-135M-Instruct (no trained checkpoint given; pass --checkpoint DIR).")
+        print("GeMKR retriever: ZERO-SHOT SmolLM2-135M-Instruct (no trained checkpoint).")
         print("  The photo reaches the LLM only through its visual tags; constrained decoding keeps every clue in the KB.")
         gen = ClueGenerator.zero_shot_llm("smollm2", config=DecodingConfig())
     tagger = hint_tagger()
     retriever = GeMKRRetriever(gen, kb, similarity_top_k=5, tagger=tagger)
     # The reader gets no tag hints: with gold passages they halved SmolLM2-135M's exact match on the mini
     # benchmark (0.46 -> 0.24; reader tests), while the retriever gains from them.
-    engine = VQAQueryEngine(retriever, VQAReader(), top_k=3)
+    # The reader reads the sentences around each clue (shorter prompts than whole passages).
+    engine = VQAQueryEngine(retriever, VQAReader(), top_k=3, context="clue_window")
 
     items = {it["id"]: it for it in load_mini_benchmark()}
     for item_id in DEMO_ITEMS:
         it = items[item_id]
         image = packaged_image_path(it["image"]["package"], it["image"]["name"])
         t = time.perf_counter()
-        response = engine.query(QueryBundle(query_str=it["question"], image_path=str(image)))
+        bundle = VQAQueryBundle(query_str=it["question"], image_path=str(image))
+        response = engine.query(bundle)
         took = time.perf_counter() - t
         print(f"\n=== {it['image']['package']}:{it['image']['name']}  Q: {it['question']}")
-        print(f"    visual tags: {tagger(str(image)) if tagger else '-'}")
+        print(f"    visual tags (the retriever's; the reader gets none): {tagger(str(image)) if tagger else '-'}")
         for rank, hit in enumerate(response.source_nodes, start=1):
             clue = hit.node.metadata["clues"][0]
             print(f"    {rank}. {hit.node.node_id:<28} score {hit.score:7.3f}  clue: {clue['text']!r}")
         print(f"    answer: {str(response).strip()!r}   (gold: {it['answers']}; {took:.1f} s)")
 
     if not args.no_table:
-        retrieval_table(args.fresh, args.checkpoint)
+        retrieval_table(args.fresh, checkpoint)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
 
 
-def retrieval_table(fresh: bool, checkpoint: str | None) -> None:
+def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     """GeMKR, BM25 and dense retrieval on the whole mini benchmark, with and without visual tags."""
     import shutil
 
@@ -93,10 +101,10 @@ def retrieval_table(fresh: bool, checkpoint: str | None) -> None:
     from eval_vqa.runner import RunConfig, run_retrieval
 
     dataset = load_dataset("mini")
-    out = cache_dir() / "demo_runs"
+    out = cache_dir() / "demo_runs" / ("trained" if checkpoint else "zero_shot")  # never resume the other mode
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
-    options = {"checkpoint": checkpoint} if checkpoint else {}
+    options = {"checkpoint": str(checkpoint)} if checkpoint else {"zero_shot": "1"}
     print(f"\nretrieval on the mini benchmark ({len(dataset.queries)} image+question items, corpus = the "
           f"10,033 summaries); per-query results resume from {out}")
     plain = run_retrieval(dataset, RunConfig("mini", ["bm25", "dense"], [1, 5, 10], options=options),

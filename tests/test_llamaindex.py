@@ -332,3 +332,22 @@ def test_importable_under_llamaindex_integration_namespace():
     assert not (repo / "llama_index" / "__init__.py").exists() and not (repo / "llama_index/retrievers/__init__.py").exists()
     importlib.import_module("llama_index.core")  # the namespace is shared, not shadowed
     importlib.import_module("llama_index.retrievers.bm25")
+
+
+def test_the_retrievers_own_tags_leave_the_callers_bundle_untouched(index, tmp_path):
+    """A retriever's tagger fills the tags slot of a copy: the caller's bundle (the reader's prompt in a
+    query engine) keeps what it came with, and the tagged query still reaches decoding."""
+    import numpy as np
+    from PIL import Image
+
+    from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+
+    path = tmp_path / "q.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+    seen = []
+    retriever = index.as_retriever(similarity_top_k=3, tagger=lambda image: seen.append(image) or "Madrid")
+    bundle = VQAQueryBundle(query_str=QUESTIONS[0], image_path=str(path))
+    tagged = retriever.retrieve(bundle)
+    assert bundle.tags is None and len(seen) == 1
+    want = retriever.retrieve(VQAQueryBundle(query_str=QUESTIONS[0], image_path=str(path), tags="Madrid"))
+    assert [h.node.node_id for h in tagged] == [h.node.node_id for h in want]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,11 +75,15 @@ class GeMKRRetriever(BaseRetriever):
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _bundle(self, q: QueryBundle | str) -> VQAQueryBundle:
-        """The query as a VQAQueryBundle, its picture decoded once and tagged when it brings no tags."""
+        """The query as a VQAQueryBundle, its picture decoded once and tagged when it brings no tags.
+
+        The retriever's own tags go on a copy: the caller's bundle (and so, in a query engine, the
+        reader's prompt) is left as it came."""
         bundle = VQAQueryBundle.of(q)
         if bundle.tags is None and self.tagger is not None:
             image: ImageInput | None = bundle.loaded_image()
             if image is not None:
+                bundle = copy.copy(bundle)  # shares the decoded picture
                 bundle.tags = self.tagger(image)
         return bundle
 
