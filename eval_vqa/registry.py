@@ -195,6 +195,8 @@ def _reader(options: dict) -> Answerer:
 
     It reads the request's nodes as they came from the retriever: ``--reader-context clue_window``
     (``--option reader_window=N`` sentences each side) reads the sentences around GeMKR's clues.
+    The run's visual tags reach the reader as a hints line unless ``--option reader_hints=0`` (with the
+    packaged 135M reader, hints lower exact match on gold passages: measure both).
     """
     from reader import VQAReader
 
@@ -202,9 +204,10 @@ def _reader(options: dict) -> Answerer:
                     max_new_tokens=int(options.get("reader_max_new_tokens", 20)))
     context = options.get("reader_context", "passage")
     window = int(options.get("reader_window", 1))
+    hints = str(options.get("reader_hints", "1")).strip().lower() not in ("0", "false", "no")
 
     def answer(req: AnswerRequest) -> str:
-        return vqa.answer(req.question, image_path=req.image_path, passages=req.nodes, tags=req.tags,
+        return vqa.answer(req.question, image_path=req.image_path, passages=req.nodes, tags=req.tags if hints else None,
                           context=context, clue_window=window)
 
     return answer
