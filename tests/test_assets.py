@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_a_gguf_file_by_path_is_converted_once_into_a_folder(tmp_path, monkeypat
         shutil.copy2(src, gguf)
     monkeypatch.setenv("GEMKR_CACHE", str(tmp_path / "cache"))
     folder = assets.resolve_model(str(gguf))
-    assert (tmp_path / "cache") in __import__("pathlib").Path(folder).parents
+    assert (tmp_path / "cache") in Path(folder).parents
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no half-written folder
     assert assets.resolve_model(str(gguf)) == folder  # the second time: no conversion
     from gemkr_llamaindex.model.llm import load_llm

@@ -244,25 +244,35 @@ def test_a_picture_the_zero_shot_generator_cannot_see(index, tmp_path):
 QUESTIONS = ["Where is the Eiffel Tower?", "What is a volcano?", "Who wrote music?", "Which city is big?"]
 
 
-def _same_as_sequential(retriever, bundles):
+def _ids_scores(hits):
+    return [(h.node.node_id, h.score) for h in hits]
+
+
+def _retrieve_in_threads(retriever, queries):
+    """``retriever.retrieve`` of every query, each in its own thread, all started together."""
     import threading
 
-    sequential = [[(h.node.node_id, h.score) for h in retriever.retrieve(b)] for b in bundles]
-
-    async def together():
-        return await asyncio.gather(*(retriever.aretrieve(b) for b in bundles))
-
-    gathered = [[(h.node.node_id, h.score) for h in hits] for hits in asyncio.run(together())]
-    threaded: list = [None] * len(bundles)
+    out: list = [None] * len(queries)
 
     def work(i):
-        threaded[i] = [(h.node.node_id, h.score) for h in retriever.retrieve(bundles[i])]
+        out[i] = _ids_scores(retriever.retrieve(queries[i]))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bundles))]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(queries))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return out
+
+
+def _same_as_sequential(retriever, bundles):
+    sequential = [_ids_scores(retriever.retrieve(b)) for b in bundles]
+
+    async def together():
+        return await asyncio.gather(*(retriever.aretrieve(b) for b in bundles))
+
+    gathered = [_ids_scores(hits) for hits in asyncio.run(together())]
+    threaded = _retrieve_in_threads(retriever, bundles)
     assert any(sequential)
     assert gathered == sequential
     assert threaded == sequential
@@ -295,28 +305,17 @@ def test_concurrent_gemkr_retrieval_with_detector_and_backend_equals_sequential(
 
 
 def test_micro_batched_concurrent_calls_equal_unbatched_calls(index, generator):
-    import threading
-
     plain = index.as_retriever(similarity_top_k=3)
     batched = index.as_retriever(similarity_top_k=3, batch_window_ms=200, max_batch=4)
-    want = [[(h.node.node_id, h.score) for h in plain.retrieve(q)] for q in QUESTIONS]
-    got: list = [None] * len(QUESTIONS)
-
-    def work(i):
-        got[i] = [(h.node.node_id, h.score) for h in batched.retrieve(QUESTIONS[i])]
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(QUESTIONS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    want = [_ids_scores(plain.retrieve(q)) for q in QUESTIONS]
+    got = _retrieve_in_threads(batched, QUESTIONS)
     assert batched._batcher.batches < len(QUESTIONS)  # some calls shared a decoding batch
     for g, w in zip(got, want):
         assert [d for d, _ in g] == [d for d, _ in w]
         assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
     with pytest.raises(ValueError, match="needs a question or an image"):
         batched.retrieve("   ")  # a bad query fails alone
-    assert [d for d, _ in ((h.node.node_id, h.score) for h in batched.retrieve(QUESTIONS[0]))] == [d for d, _ in want[0]]
+    assert [h.node.node_id for h in batched.retrieve(QUESTIONS[0])] == [d for d, _ in want[0]]
 
 
 def test_importable_under_llamaindex_integration_namespace():
