@@ -80,6 +80,7 @@ def install(final: Path) -> Path:
     """Copy a trained checkpoint into the package, with the fingerprint of the corpus it was trained for."""
     from gemkr_llamaindex.assets import wiki_summaries
     from gemkr_llamaindex.checkpoints import CHECKPOINT_DIR, CORPUS_FILE, WIKI_SMOLLM2, corpus_fingerprint
+    from gemkr_llamaindex.model.checkpoint import swap_in
 
     target = CHECKPOINT_DIR / WIKI_SMOLLM2
     tmp = CHECKPOINT_DIR / f".{WIKI_SMOLLM2}.tmp"
@@ -92,9 +93,7 @@ def install(final: Path) -> Path:
         if (final.parent / name).is_file():
             shutil.copy2(final.parent / name, tmp / name)
     (tmp / CORPUS_FILE).write_text(json.dumps(corpus_fingerprint(wiki_summaries()), indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    swap_in(tmp, target)
     return target
 
 

@@ -55,17 +55,23 @@ def save(state: dict[str, torch.Tensor], meta: dict[str, Any], directory: str | 
         save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "gemkr", "version": str(FORMAT_VERSION)})
         (tmp / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-        tmp.rename(directory)
-        if old is not None:
-            shutil.rmtree(old)
+        swap_in(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return directory
+
+
+def swap_in(tmp: Path, directory: Path) -> None:
+    """Put the finished folder ``tmp`` at ``directory``: the old one is renamed aside first and removed
+    only once the new one is in place, so an interrupted swap never leaves a half-written checkpoint."""
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        directory.rename(old)
+    tmp.rename(directory)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
