@@ -13,15 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# The library's one model resolver ("smollm2" = the packaged model, a .gguf file converted once, a checked
+# local folder, or a hub id), re-exported for the reader.
+from gemkr_llamaindex.assets import resolve_model as resolve_model
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
-
-def resolve_model(model: str) -> str:
-    """A loadable name for ``model``: the library's one resolver (``"smollm2"`` = the packaged model, a
-    ``.gguf`` file converted once, a checked local folder, or a hub id)."""
-    from gemkr_llamaindex.assets import resolve_model as resolve
-
-    return resolve(model)
 
 
 def _load_error(model: str, exc: Exception) -> OSError:
