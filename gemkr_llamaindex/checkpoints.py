@@ -43,6 +43,8 @@ def packaged_checkpoint_for(docs: list[tuple[str, str]]) -> Path | None:
         return None
     fp = None
     for path in sorted(CHECKPOINT_DIR.iterdir()):
+        if path.name.startswith("."):  # a swap's temporary or set-aside folder, never a shipped checkpoint
+            continue
         record = path / CORPUS_FILE
         if not (record.is_file() and (path / "gemkr_config.json").is_file()):
             continue

@@ -227,3 +227,17 @@ def test_two_process_training_under_accelerate_matches_one_process(tmp_path):
     wa = GeMKRModel.from_pretrained(tmp_path / "one" / "final").trainable_state_dict()
     wb = GeMKRModel.from_pretrained(tmp_path / "two" / "final").trainable_state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_packaged_checkpoint_is_found_by_corpus_fingerprint_and_never_a_swap_leftover(tmp_path, monkeypatch):
+    from gemkr_llamaindex import checkpoints
+
+    docs = [("a", "alpha text"), ("b", "beta text")]
+    for name in ("wiki", ".wiki.old-123", ".wiki.tmp"):  # the shipped folder and what an interrupted swap leaves
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gemkr_config.json").write_text("{}")
+        (tmp_path / name / checkpoints.CORPUS_FILE).write_text(json.dumps(checkpoints.corpus_fingerprint(docs)))
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
+    assert checkpoints.packaged_checkpoint_for(docs) == tmp_path / "wiki"
+    assert checkpoints.packaged_checkpoint_for([("a", "alpha text"), ("b", "other")]) is None
+    assert checkpoints.packaged_checkpoint_for(docs[:1]) is None
