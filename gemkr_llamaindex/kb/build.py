@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def shard_token_limit(max_ram_gb: float | None, shard_tokens: int | None) -> int
 
 def build_kb(rows: Iterable[Row], out_dir: str | Path, tok: Any, vsize: int, norm: Normalization,
              max_ram_gb: float | None, shard_tokens: int | None, params: dict[str, int], skip_empty: bool,
-             overwrite: bool) -> Path:
+             overwrite: bool, shard_writer: ShardWriter | None = None) -> Path:
     """Build the KB for ``rows`` and publish it at ``out_dir``; returns the folder that holds it."""
     out_dir = Path(out_dir)
     if os.path.lexists(out_dir) and not overwrite:
@@ -72,7 +72,7 @@ def build_kb(rows: Iterable[Row], out_dir: str | Path, tok: Any, vsize: int, nor
         version = None
         try:
             t0 = time.perf_counter()
-            stats = build_into(tmp, rows, vsize, limit, params, skip_empty)
+            stats = build_into(tmp, rows, vsize, limit, params, skip_empty, shard_writer or LocalShardWriter())
             names = [s["file"] for s in stats["shards"]] + DATA_FILES
             if tok is not None:
                 tok.save_pretrained(tmp / "tokenizer")
@@ -144,6 +144,34 @@ class TokenBuffer:
         self.lengths = []
 
 
+class ShardWriter(Protocol):
+    """Indexes the shards a build collects. ``submit`` takes the shard's tokens (and clears the buffer as
+    soon as it holds its own copy, so the memory goes back before the suffix array is built); ``finish``
+    returns once every submitted shard file is complete at its path, or raises the first failure;
+    ``abort`` (the build failed elsewhere) stops or waits out what is still running."""
+
+    def submit(self, buffer: TokenBuffer, offsets: np.ndarray, path: Path, params: dict[str, int]) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class LocalShardWriter:
+    """Index each shard in this process as it is submitted: one shard in memory at a time."""
+
+    def submit(self, buffer: TokenBuffer, offsets: np.ndarray, path: Path, params: dict[str, int]) -> None:
+        builder = _fmindex.ShardBuilder(buffer.tokens(), offsets)
+        buffer.clear()  # the builder keeps its own text; free ours before the suffix array is built
+        builder.write(str(path), **params)
+
+    def finish(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
 def _bad_unicode(value: str) -> UnicodeEncodeError | None:
     try:
         value.encode("utf-8")
@@ -187,7 +215,7 @@ def encoded_rows(docs: Iterable[tuple[str, str]], tokenizer: Any, norm: Normaliz
 
 
 def build_into(directory: Path, rows: Iterable[Row], vsize: int, shard_limit: int, params: dict[str, int],
-               skip_empty: bool) -> dict[str, Any]:
+               skip_empty: bool, writer: ShardWriter) -> dict[str, Any]:
     """Write the document stores, the document lengths and the shards for encoded rows into ``directory``."""
     ids_out = StringStoreWriter(directory, "doc_ids")
     texts_out = StringStoreWriter(directory, "texts")
@@ -206,10 +234,8 @@ def build_into(directory: Path, rows: Iterable[Row], vsize: int, shard_limit: in
             return
         offsets = np.zeros(len(buffer.lengths) + 1, dtype=np.uint64)
         np.cumsum(np.asarray(buffer.lengths, dtype=np.uint64), out=offsets[1:])
-        builder = _fmindex.ShardBuilder(buffer.tokens(), offsets)
-        buffer.clear()  # the builder keeps its own text; free ours before the suffix array is built
         name = f"shard_{len(shards):05d}.fmi"
-        builder.write(str(directory / name), **params)
+        writer.submit(buffer, offsets, directory / name, params)
         shards.append({"file": name, "num_docs": len(offsets) - 1, "num_tokens": int(offsets[-1]),
                        "doc_base": shard_docs_start})
         shard_docs_start += len(offsets) - 1
@@ -252,6 +278,10 @@ def build_into(directory: Path, rows: Iterable[Row], vsize: int, shard_limit: in
             raise CorpusError("the corpus is empty: no documents to index" if row < 0 else
                               "every document was empty; nothing to index")
         flush()
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         ids_out.close()
         texts_out.close()

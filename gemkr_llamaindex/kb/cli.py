@@ -16,19 +16,7 @@ def register(subparsers: Any) -> None:
     sub = kb.add_subparsers(dest="kb_command", required=True)
 
     b = sub.add_parser("build", help="tokenize a corpus and build a KB directory")
-    b.add_argument("--input", required=True,
-                   help=f"corpus file (.jsonl, .csv 'kid,text', .tsv incl. DPR psgs_w100.tsv) or {WIKI_INPUT!r}")
-    b.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer name or path, or 'smollm2'")
-    b.add_argument("--out", required=True, help="KB directory to create")
-    b.add_argument("--max-ram-gb", type=float, default=None, help="peak build memory budget (sets shard size)")
-    b.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard (overrides --max-ram-gb)")
-    b.add_argument("--id-field", default=None, help="id field/column (default: id, kid, passage_id, ...)")
-    b.add_argument("--text-field", default=None, help="text field/column (default: text, passage_content, ...)")
-    b.add_argument("--no-title", action="store_true", help="do not prepend a title column to the text")
-    b.add_argument("--lowercase", action="store_true", help="lower-case documents and queries")
-    b.add_argument("--unicode", choices=["NFC", "NFKC", "NFD", "NFKD"], default=None, help="unicode normalisation")
-    b.add_argument("--skip-empty", action="store_true", help="skip empty documents instead of failing")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing KB directory")
+    add_build_arguments(b)
     b.set_defaults(func=run_build)
 
     i = sub.add_parser("info", help="print a KB's manifest summary")
@@ -48,9 +36,25 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=run_query)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from gemkr_llamaindex.kb import KnowledgeBase
+def add_build_arguments(b: argparse.ArgumentParser) -> None:
+    """The options of a KB build (also those of ``gemkr ray build``)."""
+    b.add_argument("--input", required=True,
+                   help=f"corpus file (.jsonl, .csv 'kid,text', .tsv incl. DPR psgs_w100.tsv) or {WIKI_INPUT!r}")
+    b.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer name or path, or 'smollm2'")
+    b.add_argument("--out", required=True, help="KB directory to create")
+    b.add_argument("--max-ram-gb", type=float, default=None, help="peak build memory budget (sets shard size)")
+    b.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard (overrides --max-ram-gb)")
+    b.add_argument("--id-field", default=None, help="id field/column (default: id, kid, passage_id, ...)")
+    b.add_argument("--text-field", default=None, help="text field/column (default: text, passage_content, ...)")
+    b.add_argument("--no-title", action="store_true", help="do not prepend a title column to the text")
+    b.add_argument("--lowercase", action="store_true", help="lower-case documents and queries")
+    b.add_argument("--unicode", choices=["NFC", "NFKC", "NFD", "NFKD"], default=None, help="unicode normalisation")
+    b.add_argument("--skip-empty", action="store_true", help="skip empty documents instead of failing")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing KB directory")
 
+
+def build_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``(docs, KnowledgeBase.build keyword arguments)`` from the parsed build options."""
     if args.input == WIKI_INPUT:
         from gemkr_llamaindex.assets import wiki_summaries
 
@@ -59,11 +63,16 @@ def run_build(args: argparse.Namespace) -> int:
     else:
         docs = args.input
         options = {"id_field": args.id_field, "text_field": args.text_field, "include_title": not args.no_title}
-    kb = KnowledgeBase.build(
-        docs, args.tokenizer, args.out, max_ram_gb=args.max_ram_gb, shard_tokens=args.shard_tokens,
-        lowercase=args.lowercase, unicode_normalization=args.unicode, skip_empty=args.skip_empty,
-        overwrite=args.overwrite, **options,
-    )
+    options.update(max_ram_gb=args.max_ram_gb, shard_tokens=args.shard_tokens, lowercase=args.lowercase,
+                   unicode_normalization=args.unicode, skip_empty=args.skip_empty, overwrite=args.overwrite)
+    return docs, options
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from gemkr_llamaindex.kb import KnowledgeBase
+
+    docs, options = build_inputs(args)
+    kb = KnowledgeBase.build(docs, args.tokenizer, args.out, **options)
     print(f"built {kb.path}: {kb.num_docs} documents, {kb.num_tokens} tokens, {kb.num_shards} shard(s) "
           f"in {kb.manifest['build']['seconds']:.1f} s")
     return 0

@@ -20,7 +20,7 @@ The facade opens and queries; building lives in :mod:`gemkr_llamaindex.kb.build`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -95,14 +95,16 @@ class KnowledgeBase:
 
     def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Any = None, *,
                  real_path: Path | None = None, reader_lock: BinaryIO | None = None,
-                 check_tokenizer: bool = True) -> None:
+                 check_tokenizer: bool = True, index: Any = None) -> None:
         self.path = Path(path)
         self.real_path = Path(real_path) if real_path is not None else self.path
         self.manifest = manifest
         self._reader_lock = reader_lock  # shared flock on real_path/manifest.json while this object lives
         folder = self.real_path
         n = int(manifest["num_docs"])
-        self._index = _fmindex.ShardSet([str(folder / s["file"]) for s in manifest["shards"]])
+        # ``index``: anything with the native ShardSet's methods over this manifest's shards (a remote one:
+        # gemkr_llamaindex.distributed); by default the shards are memory-mapped here.
+        self._index = index if index is not None else _fmindex.ShardSet([str(folder / s["file"]) for s in manifest["shards"]])
         if self._index.n_docs != n:
             raise IndexFormatError(f"{folder}: shards hold {self._index.n_docs} docs, manifest says {n}")
         if sum(s["n_tokens"] for s in self.shard_info()) != manifest["num_tokens"]:
@@ -142,6 +144,7 @@ class KnowledgeBase:
         skip_empty: bool = False,
         overwrite: bool = False,
         show_progress: bool = True,
+        shard_writer: Any = None,
         **file_options: Any,
     ) -> KnowledgeBase:
         """Tokenize ``docs`` and index them into the directory ``out_dir``.
@@ -151,14 +154,16 @@ class KnowledgeBase:
         another, each of at most ``shard_tokens`` tokens (by default what ``max_ram_gb`` allows), so peak
         memory stays under the budget. Only one build into ``out_dir`` runs at a time; the new KB
         replaces an old one atomically (see :mod:`gemkr_llamaindex.kb.directory`). Empty documents raise
-        :class:`CorpusError` unless ``skip_empty``.
+        :class:`CorpusError` unless ``skip_empty``. ``shard_writer`` decides where shards are indexed
+        (default: here, one after another; :class:`gemkr_llamaindex.distributed.RayShardWriter`: Ray tasks
+        in parallel); the files are the same either way.
         """
         tok = resolve_tokenizer(tokenizer)
         norm = Normalization(lowercase=lowercase, unicode=unicode_normalization)
         rows = encoded_rows(iter_documents(docs, **file_options), tok, norm, batch_size, show_progress)
         folder = build_kb(rows, out_dir, tok, len(tok), norm, max_ram_gb, shard_tokens,
                           dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
-                               cache_max_depth=cache_max_depth), skip_empty, overwrite)
+                               cache_max_depth=cache_max_depth), skip_empty, overwrite, shard_writer)
         return cls._open_folder(Path(out_dir), folder, tokenizer=tok, verify=False, check_tokenizer=False)
 
     @classmethod
@@ -175,6 +180,7 @@ class KnowledgeBase:
         cache_min_children: int = 512,
         cache_max_depth: int = 3,
         overwrite: bool = False,
+        shard_writer: Any = None,
     ) -> KnowledgeBase:
         """Index pre-tokenized documents ``(doc_id, token_ids)``; no text is stored.
 
@@ -185,11 +191,12 @@ class KnowledgeBase:
         rows = ((row, doc_id, "", ids) for row, (doc_id, ids) in enumerate(docs))
         folder = build_kb(rows, out_dir, tok, int(vocab_size), Normalization(), max_ram_gb, shard_tokens,
                           dict(sample_rate=sample_rate, cache_min_children=cache_min_children,
-                               cache_max_depth=cache_max_depth), False, overwrite)
+                               cache_max_depth=cache_max_depth), False, overwrite, shard_writer)
         return cls._open_folder(Path(out_dir), folder, tokenizer=tok, verify=False, check_tokenizer=False)
 
     @classmethod
-    def open(cls, path: str | Path, *, tokenizer: Any = None, verify: bool | None = True) -> KnowledgeBase:
+    def open(cls, path: str | Path, *, tokenizer: Any = None, verify: bool | None = True,
+             index_factory: Callable[[Path, dict[str, Any], bool], Any] | None = None) -> KnowledgeBase:
         """Open a KB directory by memory mapping (cheap; processes share pages).
 
         ``verify`` (default True, at every size): check every file's XXH64 checksum against the manifest
@@ -197,12 +204,17 @@ class KnowledgeBase:
         structural value of the shards are still checked, so a corrupt file raises
         :class:`IndexFormatError` rather than crashing. ``tokenizer``: if given, it must produce the
         KB's ids (vocabulary and pipeline; :class:`TokenizerMismatchError` otherwise).
+
+        ``index_factory(folder, manifest, verify)``: who serves the shards (e.g. Ray actors:
+        :func:`gemkr_llamaindex.distributed.open_remote_kb`). It verifies the shard files it opens; this
+        process then checks only the other files' checksums and maps no shard.
         """
         path = Path(path)
         folder, lock, text = bind(path)
         try:
             manifest = parse_manifest(text, folder / MANIFEST)
-            return cls._from_manifest(path, folder, lock, manifest, tokenizer, verify is not False, True)
+            return cls._from_manifest(path, folder, lock, manifest, tokenizer, verify is not False, True,
+                                      index_factory)
         except BaseException:
             lock.close()
             raise
@@ -220,12 +232,24 @@ class KnowledgeBase:
 
     @classmethod
     def _from_manifest(cls, path: Path, folder: Path, lock: BinaryIO, manifest: dict[str, Any], tokenizer: Any,
-                       verify: bool, check_tok: bool) -> KnowledgeBase:
-        check_files(folder, manifest["files"], verify)
-        return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok)
+                       verify: bool, check_tok: bool, index_factory: Any = None) -> KnowledgeBase:
+        if index_factory is None:
+            check_files(folder, manifest["files"], verify)
+            return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok)
+        shard_files = {s["file"] for s in manifest["shards"]}
+        check_files(folder, manifest["files"], False)  # every file's presence and size
+        check_files(folder, {n: r for n, r in manifest["files"].items() if n not in shard_files}, verify)
+        index = index_factory(folder, manifest, verify)
+        try:
+            return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok,
+                       index=index)
+        except BaseException:
+            getattr(index, "close", lambda: None)()
+            raise
 
     def close(self) -> None:
-        """Release the reader lock (the memory maps go with the object)."""
+        """Release the reader lock (the memory maps go with the object) and a remote index's servers."""
+        getattr(self._index, "close", lambda: None)()
         if self._reader_lock is not None:
             self._reader_lock.close()
             self._reader_lock = None
