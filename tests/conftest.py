@@ -94,3 +94,20 @@ def decoding_lm():
     with torch.no_grad():
         m.lm_head.weight.mul_(8)
     return m
+
+
+RAY_EXTRA_REASON = "the Ray tests need the [ray] extra: pip install 'gemkr-llamaindex[ray]'"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster (2 CPUs) for every Ray test of the session; skips without the extra."""
+    ray = pytest.importorskip("ray", reason=RAY_EXTRA_REASON)
+    pytest.importorskip("ray.data", reason=RAY_EXTRA_REASON)
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

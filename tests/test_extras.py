@@ -37,11 +37,12 @@ EXTRA_MODULES = {
     "sklearn": "eval",
     "skimage": "eval",
     "vllm": "vllm",
+    "ray": "ray",
 }
 CORE_MODULES = ["gemkr_llamaindex", "gemkr_llamaindex.kb", "gemkr_llamaindex.decoding", "gemkr_llamaindex.llamaindex"]
 #: Library modules outside the core whose *import* must stay free of their extras too (they load them on use).
 LAZY_MODULES = ["gemkr_llamaindex.model.detector", "gemkr_llamaindex.model.vision", "gemkr_llamaindex.tags",
-                "gemkr_llamaindex.training.clues"]
+                "gemkr_llamaindex.training.clues", "gemkr_llamaindex.distributed"]
 
 
 def _run(script: str, *args: str, timeout: int = 300) -> dict:
@@ -114,6 +115,11 @@ def _():
     from gemkr_llamaindex.tags.yolo import YOLOTagger
     YOLOTagger("yolov8n.yaml", cache=False).model
 
+@check("ray_kb")
+def _():
+    from gemkr_llamaindex.distributed import RayShardWriter
+    RayShardWriter()
+
 @check("vision_tower")
 def _():
     from gemkr_llamaindex.model.tiny import TINY_CLIP_CFG, TINY_CLIP_NAME
@@ -179,6 +185,10 @@ def _names_extra(outcome: dict, extra: str) -> None:
 def test_yolo_without_the_yolo_extra_says_what_to_install(without_extras, entry):
     _names_extra(without_extras[entry], "yolo")
     assert "AGPL-3.0" in without_extras[entry]["message"]
+
+
+def test_ray_parts_without_the_ray_extra_say_what_to_install(without_extras):
+    _names_extra(without_extras["ray_kb"], "ray")
 
 
 def test_vision_tower_without_the_vision_extra_says_what_to_install(without_extras):
