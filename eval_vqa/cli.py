@@ -5,6 +5,11 @@
         --clip-model ViT-L-14 --clip-pretrained /path/to/clip.bin --out runs/gs112k
     eval-vqa e2e --dataset mini --retrievers bm25,gemkr,gemkr+bm25,gold --answerer reader --reader-k 3 \\
         --out runs/mini-e2e
+    eval-vqa retrieval --dataset mini --retrievers bm25,gemkr --out runs/mini-ray --ray --ray-workers 4
+    eval-vqa retrieval ... --ray-address auto      # on a node of a running Ray cluster
+
+With ``--ray`` each retriever's queries are scored on Ray Data workers (:mod:`eval_vqa.distributed`;
+``pip install "gemkr-llamaindex[ray]"``): same ids and metrics, same resumable run folder.
 
 Registered retrievers and answerers live in :mod:`eval_vqa.registry` (``gold`` is an oracle: it reads
 the gold documents, an upper bound); a module named with ``--plugin`` is imported first so that it
@@ -59,6 +64,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may call register_retriever/register_answerer)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g = p.add_argument_group("distributed (Ray Data; pip install \"gemkr-llamaindex[ray]\")")
+    g.add_argument("--ray", action="store_true", help="score the queries on Ray workers (a local cluster unless --ray-address)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="connect to this Ray cluster (ray.init(address=ADDR): auto, ray://head:10001, ...); implies --ray")
+    g.add_argument("--ray-workers", type=int, default=2, metavar="N",
+                   help="Ray actors per retriever, each building its own retriever (default 2)")
+    g.add_argument("--ray-batch-size", type=int, default=4, metavar="N", help="queries per Ray batch (default 4)")
 
 
 def _add_commands(sub) -> None:
@@ -111,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if any(k < 1 for k in args.k):
         print("eval-vqa: --k values must be >= 1", file=sys.stderr)
         return 2
+    if args.ray_workers < 1 or args.ray_batch_size < 1:
+        print("eval-vqa: --ray-workers and --ray-batch-size must be >= 1", file=sys.stderr)
+        return 2
     options = {
         key: value for key, value in {
             "text_model": args.text_model, "clip_model": args.clip_model, "clip_pretrained": args.clip_pretrained,
@@ -126,11 +141,20 @@ def run(args: argparse.Namespace) -> int:
         answerer=getattr(args, "answerer", None), reader_k=getattr(args, "reader_k", None),
         vqa_normalize=getattr(args, "vqa_normalize", "official"),
     )
+    from .distributed import RayOptions, RayUnavailableError, ray_session
+
+    ray = None
+    if args.ray or args.ray_address:
+        ray = RayOptions(address=args.ray_address, workers=args.ray_workers, batch_size=args.ray_batch_size)
     try:
         dataset = load_dataset(args.dataset, args.data_dir, **_key_values(args.dataset_option, "--dataset-option"))
         runner = run_e2e if args.command == "e2e" else run_retrieval
-        runner(dataset, config, args.out, progress=not args.no_progress)
-    except (DatasetFormatError, FileNotFoundError, ValueError) as exc:
+        if ray is None:
+            runner(dataset, config, args.out, progress=not args.no_progress)
+        else:
+            with ray_session(ray):  # a local cluster started here is shut down after; one reached by address is not
+                runner(dataset, config, args.out, progress=not args.no_progress, ray=ray)
+    except (DatasetFormatError, FileNotFoundError, ValueError, RayUnavailableError) as exc:
         print(f"eval-vqa: error: {exc}", file=sys.stderr)
         return 1
     from pathlib import Path

@@ -4,6 +4,10 @@ Each run directory holds ``config.json`` (what was run), ``per_query.jsonl`` (on
 retriever and query, appended as soon as it is scored: a restarted run skips the pairs already
 there), ``results.json`` (aggregates), ``results.md`` (a table of all retrievers side by side) and
 PNG plots. Restarting with a different dataset, K list or corpus raises instead of mixing results.
+
+Each retriever's queries are scored by one scorer (:class:`RetrievalScorer`, :class:`E2EScorer`): here
+in a loop, or, with ``ray=RayOptions(...)``, on Ray Data workers (:mod:`eval_vqa.distributed`) that
+each build their own; the records are the same either way.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -22,6 +27,9 @@ from .loaders.base import VQADataset, VQAQuery
 from .metrics import aggregate, answer_scores
 from .registry import RETRIEVERS, AnswerRequest, build_answerer, build_retriever, with_companions
 from .report import ORACLE_MARK
+
+if TYPE_CHECKING:
+    from .distributed import RayOptions
 
 TagsFn = Callable[[VQAQuery], "str | None"]
 
@@ -188,11 +196,17 @@ def _factory_options(name: str, config: RunConfig, top_k: int, queries: Sequence
     return options
 
 
-def summarize(records: list[dict], labels: Sequence[str], qids: set[str]) -> dict[str, dict]:
-    """Mean of each metric per retriever label over this run's queries, plus latency and count."""
+def summarize(records: list[dict], labels: Sequence[str], qids: Iterable[str]) -> dict[str, dict]:
+    """Mean of each metric per retriever label over this run's queries, plus latency and count.
+
+    Records are summed in the order of ``qids`` (the query order), whatever order they were appended in
+    (a resumed or a distributed run appends in another), so the means agree to the last bit.
+    """
+    order = {qid: i for i, qid in enumerate(qids)}
     out: dict[str, dict] = {}
     for label in labels:
-        recs = [r for r in records if r["retriever"] == label and r["qid"] in qids]
+        recs = sorted((r for r in records if r["retriever"] == label and r["qid"] in order),
+                      key=lambda r: order[r["qid"]])
         if not recs:
             continue
         summary = aggregate(r["metrics"] for r in recs)
@@ -208,6 +222,84 @@ def summarize(records: list[dict], labels: Sequence[str], qids: set[str]) -> dic
     return out
 
 
+def query_item(q: VQAQuery, image_path: str | None, tags: str | None) -> dict:
+    """One query as the plain record a scorer reads (and a Ray worker gets): the image as a path, never as pixels."""
+    return {"qid": q.qid, "question": q.question, "gold_doc_ids": list(q.gold_doc_ids), "answers": list(q.answers),
+            "image_path": image_path, "tags": tags}
+
+
+class RetrievalScorer:
+    """One retriever, built once (``build_retriever(name, docs, options)``); ``scorer(item)`` scores one query
+    (a :func:`query_item`) and returns its ``per_query.jsonl`` record. The local loop and every Ray worker use it."""
+
+    def __init__(self, name: str, label: str, docs: list, options: dict, ks: Sequence[int]) -> None:
+        from .evaluator import VQARetrieverEvaluator
+
+        self.label = label
+        t0 = time.perf_counter()
+        retriever = build_retriever(name, docs, options)
+        self.build_s = time.perf_counter() - t0
+        self.evaluator = VQARetrieverEvaluator(retriever=retriever, ks=list(ks))
+
+    def __call__(self, item: dict) -> dict:
+        t = time.perf_counter()
+        res = self.evaluator.evaluate(item["question"], expected_ids=item["gold_doc_ids"], expected_texts=item["answers"],
+                                      image_path=item["image_path"], tags=item["tags"])
+        return {
+            "retriever": self.label, "qid": item["qid"], "latency_s": time.perf_counter() - t,
+            "retrieved_ids": res.retrieved_ids, "metrics": res.metric_vals_dict,
+            "build_s": self.build_s, "tags": item["tags"],
+        }
+
+
+class E2EScorer:
+    """One retriever and an answerer (``answerer``, else built here from ``answerer_name``); ``scorer(item)``
+    retrieves, answers and scores one query (a :func:`query_item` plus its ``meta``) -> its record."""
+
+    def __init__(self, name: str, label: str, docs: list, options: dict, ks: Sequence[int], answerer_name: str,
+                 answerer_options: dict, reader_k: int, vqa_normalize: str, answerer: Any = None) -> None:
+        from .evaluator import VQARetrieverEvaluator
+
+        self.label, self.k, self.vqa_normalize = label, reader_k, vqa_normalize
+        self.answerer = answerer if answerer is not None else build_answerer(answerer_name, answerer_options)
+        self.evaluator = VQARetrieverEvaluator(retriever=build_retriever(name, docs, options), ks=list(ks))
+
+    def __call__(self, item: dict) -> dict:
+        from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+
+        k = self.k
+        bundle = VQAQueryBundle(query_str=item["question"], image_path=item["image_path"], tags=item["tags"])
+        t = time.perf_counter()
+        nodes = self.evaluator.retriever.retrieve(bundle)
+        t_ret = time.perf_counter() - t
+        res = self.evaluator.score_nodes(bundle, nodes, item["gold_doc_ids"], item["answers"])
+        req = AnswerRequest(item["question"], bundle.image_path, list(nodes[:k]), tags=bundle.tags, meta=item["meta"])
+        t_ans = time.perf_counter()
+        prediction = self.answerer(req)
+        t_end = time.perf_counter()
+        metrics = {**res.metric_vals_dict, **answer_scores(prediction, item["answers"], self.vqa_normalize)}
+        return {
+            "retriever": self.label, "qid": item["qid"], "latency_s": t_end - t, "retrieval_latency_s": t_ret,
+            "answer_latency_s": t_end - t_ans, "prediction": prediction, "answers": item["answers"],
+            "retrieved_ids": res.retrieved_ids[:k], "metrics": metrics,
+        }
+
+
+def _score_todo(scorer_cls: type, kwargs: dict, items: list[dict], run: RunDir, label: str, progress: bool,
+                ray: RayOptions | None, local: dict | None = None) -> None:
+    """Score ``items`` with one scorer, appending each record to the run as soon as it comes: here, or, with
+    ``ray``, on Ray Data workers that each build the scorer from ``kwargs`` (``local``: extra kwargs, here only)."""
+    if ray is None:
+        records = map(scorer_cls(**kwargs, **(local or {})), items)
+    else:
+        from .distributed import score_on_ray
+
+        kwargs = {**kwargs, "options": {**kwargs["options"], "progress": False}}  # no bars in the workers' logs
+        records = score_on_ray(scorer_cls, kwargs, items, ray)
+    for record in tqdm(records, total=len(items), desc=label, disable=not progress):
+        run.append(record)
+
+
 def run_retrieval(
     dataset: VQADataset,
     config: RunConfig,
@@ -215,13 +307,14 @@ def run_retrieval(
     *,
     progress: bool = True,
     image_cache: str | Path | None = None,
+    ray: RayOptions | None = None,
 ) -> dict:
     """Evaluate each retriever in ``config.retrievers`` on ``dataset``; returns the results dict.
 
     The results dict (also ``results.json``) maps retriever label -> metric name -> mean value, with
-    the run config, corpus size and relevance variant alongside.
+    the run config, corpus size and relevance variant alongside. With ``ray``, each retriever's queries
+    are scored on Ray Data workers (:mod:`eval_vqa.distributed`); the ids and metrics are the same.
     """
-    from .evaluator import VQARetrieverEvaluator
     from .report import write_reports
 
     config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
@@ -238,23 +331,13 @@ def run_retrieval(
         if not todo:
             continue
         options = _factory_options(name, config, max(config.ks), queries, image_path, progress)
-        t0 = time.perf_counter()
-        retriever = build_retriever(name, docs, options)
-        build_s = time.perf_counter() - t0
-        evaluator = VQARetrieverEvaluator(retriever=retriever, ks=list(config.ks))
-        for q in tqdm(todo, desc=label, disable=not progress):
-            t = time.perf_counter()
-            res = evaluator.evaluate(q.question, expected_ids=q.gold_doc_ids, expected_texts=q.answers,
-                                     image_path=image_path(q) if _needs_image(name) else None, tags=tags.get(q.qid))
-            run.append({
-                "retriever": label, "qid": q.qid, "latency_s": time.perf_counter() - t,
-                "retrieved_ids": res.retrieved_ids, "metrics": res.metric_vals_dict,
-                "build_s": build_s, "tags": tags.get(q.qid),
-            })
+        items = [query_item(q, image_path(q) if _needs_image(name) else None, tags.get(q.qid)) for q in todo]
+        kwargs = {"name": name, "label": label, "docs": docs, "options": options, "ks": list(config.ks)}
+        _score_todo(RetrievalScorer, kwargs, items, run, label, progress, ray)
     results = {
         "config": asdict(config), "corpus_size": len(docs), "n_queries": len(queries),
         "relevance": config.relevance,
-        "retrievers": summarize(run.records, labels, {q.qid for q in queries}),
+        "retrievers": summarize(run.records, labels, [q.qid for q in queries]),
     }
     write_reports(results, run.path)
     return results
@@ -267,6 +350,7 @@ def run_e2e(
     *,
     progress: bool = True,
     image_cache: str | Path | None = None,
+    ray: RayOptions | None = None,
 ) -> dict:
     """Retrieve with each retriever, let ``config.answerer`` read the top ``reader_k`` nodes, score answers.
 
@@ -274,11 +358,9 @@ def run_e2e(
     default) and exact match, plus the retrieval metrics of its ranking; an oracle row (``gold``) reads
     the gold documents and bounds what the answerer can do. The answerer gets an
     :class:`~eval_vqa.registry.AnswerRequest` with the retrieved ``NodeWithScore`` objects (metadata such
-    as GeMKR's clues intact). Latency is split into retrieval and answering.
+    as GeMKR's clues intact). Latency is split into retrieval and answering. With ``ray``, each Ray Data
+    worker builds its own retriever and answerer (:mod:`eval_vqa.distributed`).
     """
-    from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
-
-    from .evaluator import VQARetrieverEvaluator
     from .report import write_reports
 
     if not config.answerer:
@@ -296,33 +378,22 @@ def run_e2e(
         todo = [q for q in queries if (label, q.qid) not in run.done]
         if not todo:
             continue
-        if answerer is None:
+        if answerer is None and ray is None:  # one answerer for all rows here; on Ray, one per worker
             answerer = build_answerer(config.answerer, dict(config.options))
         options = _factory_options(name, config, max([k, *config.ks]), queries, image_path, progress)
-        evaluator = VQARetrieverEvaluator(retriever=build_retriever(name, docs, options), ks=list(config.ks))
-        for q in tqdm(todo, desc=label, disable=not progress):
-            bundle = VQAQueryBundle(query_str=q.question, image_path=image_path(q), tags=tags.get(q.qid))
-            t = time.perf_counter()
-            nodes = evaluator.retriever.retrieve(bundle)
-            t_ret = time.perf_counter() - t
-            res = evaluator.score_nodes(bundle, nodes, q.gold_doc_ids, q.answers)
-            req = AnswerRequest(q.question, bundle.image_path, list(nodes[:k]), tags=bundle.tags, meta=q.meta)
-            t_ans = time.perf_counter()
-            prediction = answerer(req)
-            t_end = time.perf_counter()
-            metrics = {**res.metric_vals_dict, **answer_scores(prediction, q.answers, config.vqa_normalize)}
-            run.append({
-                "retriever": label, "qid": q.qid, "latency_s": t_end - t, "retrieval_latency_s": t_ret,
-                "answer_latency_s": t_end - t_ans, "prediction": prediction, "answers": q.answers,
-                "retrieved_ids": res.retrieved_ids[:k], "metrics": metrics,
-            })
+        items = [{**query_item(q, image_path(q), tags.get(q.qid)), "meta": q.meta} for q in todo]
+        kwargs = {"name": name, "label": label, "docs": docs, "options": options, "ks": list(config.ks),
+                  "answerer_name": config.answerer, "answerer_options": dict(config.options), "reader_k": k,
+                  "vqa_normalize": config.vqa_normalize}
+        _score_todo(E2EScorer, kwargs, items, run, label, progress, ray, local={"answerer": answerer})
     results = {
         "config": asdict(config), "corpus_size": len(docs), "n_queries": len(queries),
         "relevance": config.relevance,
-        "retrievers": summarize(run.records, labels, {q.qid for q in queries}),
+        "retrievers": summarize(run.records, labels, [q.qid for q in queries]),
     }
     write_reports(results, run.path, e2e=True)
     return results
 
 
-__all__ = ["RunConfig", "read_appended_jsonl", "run_e2e", "run_retrieval", "select_corpus", "summarize"]
+__all__ = ["E2EScorer", "RetrievalScorer", "RunConfig", "query_item", "read_appended_jsonl", "run_e2e", "run_retrieval",
+           "select_corpus", "summarize"]
