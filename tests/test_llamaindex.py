@@ -350,3 +350,14 @@ def test_the_retrievers_own_tags_leave_the_callers_bundle_untouched(index, tmp_p
     assert bundle.tags is None and len(seen) == 1
     want = retriever.retrieve(VQAQueryBundle(query_str=QUESTIONS[0], image_path=str(path), tags="Madrid"))
     assert [h.node.node_id for h in tagged] == [h.node.node_id for h in want]
+
+
+def test_prior_calibrated_scores_follow_their_formula(index, tiny_llm):
+    llm, tok = tiny_llm
+    res = ClueGenerator(llm=llm, tokenizer=tok, config=CFG.replace(prior_weight=0.5)).generate(
+        ["Which city is the capital of France?"], index.kb)[0]
+    assert res.clues
+    for c in res.clues:
+        assert c.prior_logprob is not None and c.prior_logprob < 0
+        assert c.score == pytest.approx((c.logprob - 0.5 * c.prior_logprob) / len(c.token_ids))
+    assert [c.score for c in res.clues] == sorted((c.score for c in res.clues), reverse=True)
