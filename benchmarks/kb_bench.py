@@ -45,24 +45,46 @@ SDSL_ANCHOR = {"bytes_per_token": 2.95, "build_s": 170.0, "build_rss_gb": 1.81, 
 
 
 # ---------------------------------------------------------------------------------------------- corpora
-def zipf_docs(n_tokens: int, seed: int = 0, chunk: int = 2_000_000):
-    """Deterministic synthetic corpus: Zipf(1.0) token ranks, document lengths uniform in [100, 200]."""
+def zipf_chunks(n_tokens: int, seed: int = 0, chunk: int = 2_000_000):
+    """Deterministic synthetic corpus, chunk by chunk: ``(tokens uint32, document bounds)``.
+
+    Zipf(1.0) token ranks, document lengths uniform in [100, 200]; documents never span chunks.
+    """
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, VOCAB + 1, dtype=np.float64)
     cdf = np.cumsum(1.0 / ranks)
     cdf /= cdf[-1]
     perm = rng.permutation(VOCAB).astype(np.uint32)  # token ids are not sorted by frequency
-    produced, doc = 0, 0
+    produced = 0
     while produced < n_tokens:
         m = min(chunk, n_tokens - produced)
         toks = perm[np.searchsorted(cdf, rng.random(m))]
         lens = rng.integers(DOC_LEN - 50, DOC_LEN + 51, size=m // (DOC_LEN - 50) + 2)
         bounds = np.concatenate([[0], np.cumsum(lens)])
-        bounds = bounds[bounds < m].tolist() + [m]
-        for a, b in zip(bounds, bounds[1:]):
+        bounds = np.asarray(bounds[bounds < m].tolist() + [m], dtype=np.int64)
+        yield toks, bounds
+        produced += m
+
+
+def zipf_docs(n_tokens: int, seed: int = 0):
+    """The synthetic corpus as ``(doc_id, tokens)`` pairs (what a build reads)."""
+    doc = 0
+    for toks, bounds in zipf_chunks(n_tokens, seed):
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             yield f"z{doc}", toks[a:b]
             doc += 1
-        produced += m
+
+
+def zipf_flat(n_tokens: int, seed: int = 0):
+    """The same corpus as one token array (uint32) and document offsets: no per-document objects, so the
+    query sampling of a billion-token run costs 4 bytes/token instead of a list of arrays."""
+    tokens = np.empty(n_tokens, dtype=np.uint32)
+    offsets, pos = [np.zeros(1, dtype=np.int64)], 0
+    for toks, bounds in zipf_chunks(n_tokens, seed):
+        tokens[pos : pos + len(toks)] = toks
+        offsets.append(bounds[1:] + pos)
+        pos += len(toks)
+    return tokens, np.concatenate(offsets)
 
 
 def wiki_docs():
@@ -137,15 +159,16 @@ def build_child(spec: dict) -> None:
     rss_before = vm_hwm()
     t = time.perf_counter()
     kb = KnowledgeBase.build_from_token_ids(source, spec["out"], vocab_size=vocab, overwrite=True,
-                                            max_ram_gb=spec.get("max_ram_gb"))
+                                            max_ram_gb=spec.get("max_ram_gb"), shard_tokens=spec.get("shard_tokens"))
     build_s = time.perf_counter() - t - gen_s
     peak = vm_hwm()
     print(json.dumps({"build_s": build_s, "peak_rss": peak, "rss_before": rss_before, "shards": kb.num_shards,
                       "tokens": kb.num_tokens, "docs": kb.num_docs}))
 
 
-def build_ours(corpus: str, tokens: int, out: Path, max_ram_gb: float | None) -> dict:
-    spec = json.dumps({"corpus": corpus, "tokens": tokens, "out": str(out), "max_ram_gb": max_ram_gb})
+def build_ours(corpus: str, tokens: int, out: Path, max_ram_gb: float | None, shard_tokens: int | None) -> dict:
+    spec = json.dumps({"corpus": corpus, "tokens": tokens, "out": str(out), "max_ram_gb": max_ram_gb,
+                       "shard_tokens": shard_tokens})
     done = subprocess.run([sys.executable, __file__, "--_build-child", spec], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
@@ -228,12 +251,14 @@ def to_chars(ids) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- measure
-def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) -> dict:
+def measure_corpus(name: str, corpus_fn, tokens_hint: int, args, workdir: Path) -> dict:
+    """``corpus_fn() -> (tokens, offsets)``: the corpus the KB was built from, flat, for query sampling."""
     from gemkr_llamaindex.kb import KnowledgeBase
 
     print(f"\n== {name} ==", flush=True)
     out = workdir / f"kb_{name}"
-    built = build_ours("wiki" if name == "wiki" else "zipf", tokens_hint, out, args.max_ram_gb)
+    shard_tokens = int(args.shard_tokens) if args.shard_tokens else None
+    built = build_ours("wiki" if name == "wiki" else "zipf", tokens_hint, out, args.max_ram_gb, shard_tokens)
     opened = {v: time_open(out, v) for v in (True, False)}  # page cache warm (just built)
     opened["cold"] = time_open(out, True, repeat=1, cold=True)
     kb = KnowledgeBase.open(out, verify=False)
@@ -254,8 +279,7 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
           f"without, for {kb_bytes / 2**20:.0f} MiB (page cache warm); {row['open_cold_ms']:.0f} ms with checksums "
           f"after evicting the KB's pages; xxh64 {row['checksum_gb_per_s']:.1f} GB/s", flush=True)
 
-    docs = docs_fn()
-    tokens, offsets = flatten(docs)
+    tokens, offsets = corpus_fn()
     rng = np.random.default_rng(1)
     q = args.queries
     prefixes = {L: sample_prefixes(tokens, offsets, L, q, rng) if L else [[]] * q for L in (0, 1, 2, 4, 8)}
@@ -308,7 +332,7 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
     if tokens.size <= args.fm_index_max_tokens:
         from fm_index import MultiFMIndex
 
-        strings = [to_chars(t) for _, t in docs]
+        strings = [to_chars(tokens[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
         t0 = time.perf_counter()
         fmi = MultiFMIndex(strings)
         fb = {"build_s": time.perf_counter() - t0}
@@ -319,8 +343,65 @@ def measure_corpus(name: str, docs_fn, tokens_hint: int, args, workdir: Path) ->
         fb["unique_doc"] = timeit(lambda p: len(fmi.count(p)) == 1, pats, warmup=5)
         row["fm_index"] = fb
         del fmi
+    row["sharing"] = page_cache_sharing(out, lookup[:200])
+    sh = row["sharing"]
+    print(f"two processes on one KB: RSS {sh['rss_mib'][0]:.0f} + {sh['rss_mib'][1]:.0f} MiB, PSS {sh['pss_mib'][0]:.0f} + "
+          f"{sh['pss_mib'][1]:.0f} MiB, KB file pages mapped shared {sh['shared_file_mib'][0]:.0f} MiB each", flush=True)
+    kb.close()
     remove_kb(out)
     return row
+
+
+SHARING_CHILD = r"""
+import json, sys
+import numpy as np
+from gemkr_llamaindex.kb import KnowledgeBase
+
+kb = KnowledgeBase.open(sys.argv[1])  # verified: the checksums read every byte once
+lookups = json.loads(sys.stdin.readline())
+for ids in lookups:  # the decoding-style workload: every beam's mask, extend, unique document
+    states = kb.state(ids[:1]).repeat(20, axis=0)
+    for step in range(1, len(ids)):
+        kb.next_tokens_of(states)
+        states = kb.step(states, np.full(len(states), ids[step])).states
+    kb.doc_ids(ids)
+print("ready", flush=True)
+sys.stdin.readline()  # both processes have run: now read the kernel's accounting of this one
+fields = {}
+with open("/proc/self/smaps_rollup") as fh:
+    for line in fh:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            fields[parts[0][:-1]] = int(parts[1]) * 1024
+print(json.dumps(fields), flush=True)
+sys.stdin.readline()
+"""
+
+
+def page_cache_sharing(path: Path, lookups) -> dict:
+    """Two processes open the same KB and run queries; their RSS vs PSS shows the memory-mapped pages are
+    shared (one copy in the page cache, PSS charges each process half of it), not copied per process."""
+    procs = [subprocess.Popen([sys.executable, "-c", SHARING_CHILD, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    payload = json.dumps([list(map(int, ids)) for ids in lookups]) + "\n"
+    for p in procs:
+        p.stdin.write(payload)
+        p.stdin.flush()
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    stats = []
+    for p in procs:
+        p.stdin.write("report\n")
+        p.stdin.flush()
+        stats.append(json.loads(p.stdout.readline()))
+    for p in procs:
+        p.stdin.write("exit\n")
+        p.stdin.flush()
+        p.wait()
+    mib = 2**20
+    return {"rss_mib": [s["Rss"] / mib for s in stats], "pss_mib": [s["Pss"] / mib for s in stats],
+            "shared_file_mib": [(s.get("Shared_Clean", 0) + s.get("Shared_Dirty", 0)) / mib for s in stats],
+            "pss_file_mib": [s.get("Pss_File", 0) / mib for s in stats]}
 
 
 def remove_kb(path: Path) -> None:
@@ -407,6 +488,39 @@ def ratio(base, ours, key="median_us"):
     return f"{base[key] / max(ours[key], 1e-9):.1f}x"
 
 
+def projection(a: dict, b: dict, max_ram_gb: float | None, shard_tokens: float | None,
+               total: float = 3e9) -> list[str]:
+    """Lines projecting the largest measured KB ``b`` to ``total`` tokens (OKVQA-WK21M: ~3B) from the slopes
+    between the two measured sizes ``a`` < ``b``. Shards are built one after another, so build time grows
+    with the number of shards of ``b``'s size and the build's peak memory stays at one shard's."""
+    from gemkr_llamaindex.kb.build import BUILD_BYTES_PER_TOKEN, MAX_SHARD_SYMBOLS
+    from gemkr_llamaindex.kb.build import default_max_ram_gb as _default_max_ram_gb
+
+    # Shard size of the measured run (its limit counts a separator per document, as the build does).
+    shard = (shard_tokens or b["tokens"] / b["shards"]) * b["tokens"] / (b["tokens"] + b["docs"])
+    n_shards = int(np.ceil(total / shard))
+    per_tok_s = b["build_s"] / b["tokens"]
+    doc_tokens = b["tokens"] / b["docs"]
+    per_shard_decode = b["decode_ms_per_query"] / b["shards"]  # every step asks every shard
+    budget = max_ram_gb or _default_max_ram_gb()
+    default_shard = min(int(budget * 2**30 / BUILD_BYTES_PER_TOKEN), MAX_SHARD_SYMBOLS // 2)
+    return [
+        f"- projected to {total / 1e9:g}B tokens (OKVQA-WK21M, 21M passages of ~{doc_tokens:.0f} tokens) with "
+        f"{shard / 1e6:.0f}M-token shards as measured: {n_shards} shards; build ~{per_tok_s * total / 60:.0f} min on "
+        f"one core (linear: {per_tok_s * 1e9:.0f} s per billion tokens at this shard size; shards are independent, "
+        f"so k workers divide it by ~k); index ~{b['bytes_per_token'] * total / 2**30:.1f} GiB on disk and in "
+        f"page cache ({b['bytes_per_token']:.2f} B/token); build peak ~{b['peak_rss_gb']:.1f} GiB as measured (one "
+        f"shard of that size in memory at a time); open with checksums ~{b['open_verify_ms'] * total / b['tokens'] / 1e3:.1f} s "
+        f"(linear in bytes); decoding workload ~{per_shard_decode * n_shards:.0f} ms/query on one core (the measured "
+        f"{per_shard_decode:.1f} ms per shard of this size times {n_shards} shards: every step asks every shard; "
+        f"shards served by k Ray actors in parallel divide the KB part by up to k).",
+        f"- with the default build budget ({budget:.1f} GiB here) shards would hold up to {default_shard / 1e6:.0f}M "
+        f"tokens: {int(np.ceil(total / default_shard))} shards (peak ~{default_shard * BUILD_BYTES_PER_TOKEN / 2**30:.0f} "
+        f"GiB by the build's own bound), fewer per-step merges.",
+        "",
+    ]
+
+
 def report(rows, args) -> str:
     lines = [
         f"# KB benchmark ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})",
@@ -445,6 +559,11 @@ def report(rows, args) -> str:
         lines.append(f"| open ms: verified, the KB's pages evicted first | {r['open_cold_ms']:.0f} | - | | - | |")
         lines.append(f"| decode 20 beams x 15 steps (ms/query) | {r['decode']['median_us'] / 1e3:.2f} / "
                      f"{r['decode']['p99_us'] / 1e3:.2f} | - | | - | |")
+        if "sharing" in r:
+            sh = r["sharing"]
+            lines.append(f"| two processes on the KB: RSS each; PSS each; shared file pages each (MiB) | "
+                         f"{sh['rss_mib'][0]:.0f}, {sh['rss_mib'][1]:.0f}; {sh['pss_mib'][0]:.0f}, {sh['pss_mib'][1]:.0f}; "
+                         f"{sh['shared_file_mib'][0]:.0f}, {sh['shared_file_mib'][1]:.0f} | - | | - | |")
         lines.append("")
     synth = [r for r in rows if r["corpus"].startswith("zipf")]
     if len(synth) >= 2:
@@ -458,22 +577,7 @@ def report(rows, args) -> str:
             f"- next_tokens after 1 token: median {a['next1']['median_us']:.1f} -> {b['next1']['median_us']:.1f} us; "
             f"decode {a['decode_ms_per_query']:.2f} -> {b['decode_ms_per_query']:.2f} ms/query",
         ]
-        from gemkr_llamaindex.kb.build import BUILD_BYTES_PER_TOKEN, MAX_SHARD_SYMBOLS
-        from gemkr_llamaindex.kb.build import default_max_ram_gb as _default_max_ram_gb
-
-        per_tok_s = b["build_s"] / b["tokens"]
-        bpt = b["bytes_per_token"]
-        total = 3e9
-        budget = args.max_ram_gb or _default_max_ram_gb()  # what KnowledgeBase.build uses by default
-        shard = min(int(budget * 2**30 / BUILD_BYTES_PER_TOKEN), MAX_SHARD_SYMBOLS // 2)
-        n_shards = int(np.ceil(total / shard))
-        lines += [
-            f"- extrapolated to 3B tokens (OKVQA-WK21M, 21M passages) with a {budget:.1f} GiB build budget: {n_shards} "
-            f"shards of <= {shard / 1e6:.0f}M tokens built one after another, build ~{per_tok_s * total / 60:.0f} min "
-            f"(linear in tokens), index ~{bpt * total / 2**30:.1f} GiB on disk and in page cache, build peak "
-            f"~{shard * b['peak_rss_bytes_per_token'] / 2**30:.1f} GiB.",
-            "",
-        ]
+        lines += projection(a, b, args.max_ram_gb, args.shard_tokens)
     a = SDSL_ANCHOR
     lines += [
         "## Anchor: sdsl-lite FM-index as used by SEAL/GeMKR (figures quoted in the issue, same machine, 100M Zipf tokens)",
@@ -499,28 +603,38 @@ def main() -> None:
     p.add_argument("--sizes", nargs="*", type=float, default=[1e6, 15e6, 100e6])
     p.add_argument("--no-wiki", action="store_true")
     p.add_argument("--queries", type=int, default=400)
-    p.add_argument("--max-ram-gb", type=float, default=None)
+    p.add_argument("--max-ram-gb", type=float, default=None, help="build memory budget (default: the library's)")
+    p.add_argument("--shard-tokens", type=float, default=None,
+                   help="tokens per shard (default: what the memory budget allows, at most 2^30)")
     p.add_argument("--sa-max-tokens", type=float, default=100e6)
     p.add_argument("--fm-index-max-tokens", type=float, default=15e6)
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument("--workdir", default=None, help="where the KBs are built (default: the system temp folder)")
+    p.add_argument("--report-from", type=Path, default=None,
+                   help="print the report of rows saved by an earlier --out run (same options) without measuring")
     p.add_argument("--_build-child", dest="build_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.build_child:
         build_child(json.loads(args.build_child))
         return
+    if args.report_from:
+        saved = json.loads(args.report_from.read_text())
+        print(f"(rows measured by: {saved.get('command', 'see ' + str(args.report_from))})")
+        print(report(saved["rows"], args))
+        return
     rows = []
-    with tempfile.TemporaryDirectory(prefix="kb_bench_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kb_bench_", dir=args.workdir) as tmp:
         work = Path(tmp)
         if not args.no_wiki:
-            rows.append(measure_corpus("wiki", lambda: wiki_docs()[0], 0, args, work))
+            rows.append(measure_corpus("wiki", lambda: flatten(wiki_docs()[0]), 0, args, work))
         for size in args.sizes:
             n = int(size)
-            rows.append(measure_corpus(f"zipf-{n / 1e6:g}M", lambda n=n: list(zipf_docs(n)), n, args, work))
+            rows.append(measure_corpus(f"zipf-{n / 1e6:g}M", lambda n=n: zipf_flat(n), n, args, work))
     text = report(rows, args)
     print("\n" + text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "report": text}, indent=2))
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "report": text}, indent=2))
 
 
 if __name__ == "__main__":
