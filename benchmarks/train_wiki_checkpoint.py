@@ -15,6 +15,11 @@ Usage (about an hour on 2 CPU cores)::
 
     PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --out runs/wiki-smollm2 [--steps 600]
     PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --install runs/wiki-smollm2/final
+    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --llm /path/qwen.gguf --out runs/wiki-qwen
+
+``--llm`` trains another LLM the same way (a name, a Hugging Face folder or a GGUF file; see
+``benchmarks/llm_scaling.py``) over a KB of the same summaries in that LLM's tokenizer (built once under the
+cache); such a checkpoint is for benchmarks, ``--install`` ships only the SmolLM2 one.
 
 ``--install`` copies a finished checkpoint into the package (weights, config, decoding settings, the corpus
 fingerprint) and the loss curve next to it.
@@ -38,18 +43,29 @@ TASK = ""  # no task line: the fine-tuned model needs none, and every prompt tok
 DECODING = {"num_beams": 20, "num_groups": 4, "min_length": 3, "max_length": 12, "anchor": "mixed", "prior_weight": 0.5}
 
 
-def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: int, clue_length: int,
-           clue_mode: str = "mixed"):
+def summaries_kb(llm: str):
+    """The KB of the packaged summaries in ``llm``'s tokenizer (the packaged one for SmolLM2)."""
     from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+
+    if llm == "smollm2":
+        return wiki_summaries_kb()
+    from eval_vqa.gemkr import corpus_kb
+    from gemkr_llamaindex.assets import load_tokenizer, wiki_summaries
+
+    return corpus_kb(list(wiki_summaries()), load_tokenizer(llm), progress=True)  # the KB eval-vqa uses too
+
+
+def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: int, clue_length: int,
+           clue_mode: str = "mixed", llm: str = "smollm2"):
     from gemkr_llamaindex.training.trainer import TrainConfig
 
-    kb = wiki_summaries_kb()
+    kb = summaries_kb(llm)
     return TrainConfig(
         kb_dir=str(kb.path), output_dir=str(out),
         corpus_queries={"named": named, "pictured": pictured, "metadata": "wiki-summaries", "wordnet": "auto",
                         "imagenet": True},
         clue_mode=clue_mode, clue_length=clue_length, clues_per_doc=1, decoding=DECODING,  # one clue per query
-        model={"llm": "smollm2", "clip_model": None, "clip_pretrained": None, "task_description": TASK,
+        model={"llm": llm, "clip_model": None, "clip_pretrained": None, "task_description": TASK,
                "lora_r": 16, "lora_alpha": 32,
                "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
         lr=lr, warmup_steps=min(max(steps // 20, 10), 50), max_steps=steps, min_lr_ratio=0.1, batch_size=batch,
@@ -108,6 +124,7 @@ def main() -> None:
     p.add_argument("--clue-length", type=int, default=8)
     p.add_argument("--clue-mode", default="mixed", choices=["sampled", "doc_start", "mixed"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--llm", default="smollm2", help="the LLM to train (name, folder or .gguf); default smollm2")
     p.add_argument("--install", type=Path, default=None, help="copy this finished checkpoint into the package")
     args = p.parse_args()
     if args.install is not None:
@@ -121,7 +138,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     final = train(config(args.out, args.steps, args.batch, args.lr, args.named, args.pictured, args.clue_length,
-                         args.clue_mode))
+                         args.clue_mode, args.llm))
     print(f"trained in {time.perf_counter() - t0:.0f} s -> {final}")
 
 
