@@ -82,6 +82,9 @@ class ShardGroupServer:
     def search(self, ids: np.ndarray, anchored: bool) -> np.ndarray:
         return self._set.search(ids, anchored)
 
+    def count_of(self, ids: np.ndarray) -> int:
+        return int(self._set.count_of(ids))
+
     def count_unique_of(self, ids: np.ndarray) -> tuple[int, int]:
         state = self._set.search(ids, False)
         return int(self._set.counts(state)[0]), int(self._unique(self._set.unique_docs(state))[0])
@@ -202,7 +205,7 @@ class RemoteShardSet:
         return np.concatenate(self._call("search", np.asarray(ids, dtype=np.int64), bool(anchored)), axis=1)
 
     def count_of(self, ids: np.ndarray) -> int:
-        return int(sum(c for c, _ in self._call("count_unique_of", np.asarray(ids, dtype=np.int64))))
+        return int(sum(self._call("count_of", np.asarray(ids, dtype=np.int64))))
 
     def unique_doc_of(self, ids: np.ndarray) -> int:
         parts = self._call("count_unique_of", np.asarray(ids, dtype=np.int64))

@@ -26,7 +26,7 @@ from gemkr_llamaindex.kb.build import TokenBuffer
 from gemkr_llamaindex.kb.knowledge_base import KnowledgeBase
 
 
-def build_shard_file(tokens: np.ndarray, offsets: np.ndarray, path: str, params: dict[str, int]) -> dict[str, Any]:
+def build_shard_file(tokens: np.ndarray, offsets: np.ndarray, path: str, params: dict[str, int]) -> None:
     """Index one shard and write it to ``path`` atomically (temporary name, then rename); runs on a worker."""
     from gemkr_llamaindex.kb import _fmindex
 
@@ -40,16 +40,6 @@ def build_shard_file(tokens: np.ndarray, offsets: np.ndarray, path: str, params:
         if os.path.exists(part):
             os.unlink(part)
         raise
-    return {"file": os.path.basename(path), "bytes": os.path.getsize(path), "node": _node_id()}
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001  (outside a Ray worker)
-        return ""
 
 
 class RayShardWriter:
@@ -69,19 +59,18 @@ class RayShardWriter:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_in_flight = max(1, max_in_flight or cpus)
         self._pending: list[Any] = []
-        self.results: list[dict[str, Any]] = []
 
     def submit(self, buffer: TokenBuffer, offsets: np.ndarray, path: Path, params: dict[str, int]) -> None:
         while len(self._pending) >= self.max_in_flight:
             done, self._pending = self._ray.wait(self._pending, num_returns=1)
-            self.results += self._ray.get(done)  # raises the task's error at once
-        ref = self._ray.put(np.array(buffer.tokens()))  # the object store's copy; ours is freed now
+            self._ray.get(done)  # raises the task's error at once
+        ref = self._ray.put(buffer.tokens())  # copied into the object store; ours is freed now
         buffer.clear()
         self._pending.append(self._task.remote(ref, offsets, str(path), dict(params)))
 
     def finish(self) -> None:
         pending, self._pending = self._pending, []
-        self.results += self._ray.get(pending)
+        self._ray.get(pending)
 
     def abort(self) -> None:
         pending, self._pending = self._pending, []

@@ -237,8 +237,9 @@ class KnowledgeBase:
             check_files(folder, manifest["files"], verify)
             return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok)
         shard_files = {s["file"] for s in manifest["shards"]}
-        check_files(folder, manifest["files"], False)  # every file's presence and size
-        check_files(folder, {n: r for n, r in manifest["files"].items() if n not in shard_files}, verify)
+        files = manifest["files"]
+        check_files(folder, {n: r for n, r in files.items() if n not in shard_files}, verify)
+        check_files(folder, {n: r for n, r in files.items() if n in shard_files}, False)  # the factory checksums them
         index = index_factory(folder, manifest, verify)
         try:
             return cls(path, manifest, tokenizer, real_path=folder, reader_lock=lock, check_tokenizer=check_tok,
