@@ -118,6 +118,25 @@ def timeit(fn, args_list, warmup: int = 20):
     return stats_us(out)
 
 
+def decode_workload(kb, seed_prefix) -> None:
+    """20 beams x 15 steps as the constrained decoder runs them: per step, one call lists every live
+    beam's allowed tokens (the mask), the beam keeps one of them (here: a deterministic pick), one call
+    extends all beams, one call checks which beams already map to a unique document."""
+    states = kb.state(seed_prefix[:1]).repeat(BEAMS, axis=0)
+    for step in range(STEPS):
+        offsets, tokens = kb.next_tokens_of(states)
+        keep, chosen = [], []
+        for b in range(len(states)):
+            n = offsets[b + 1] - offsets[b]
+            if n:
+                keep.append(b)
+                chosen.append(tokens[offsets[b] + (b * 7 + step) % n])
+        if not keep:
+            break
+        states = kb.extend(states[keep], chosen)
+        kb.unique_docs(states)
+
+
 def sample_prefixes(tokens, offsets, length, n, rng):
     """Prefixes of the given length starting at random positions, inside one document."""
     out = []
@@ -294,25 +313,7 @@ def measure_corpus(name: str, corpus_fn, tokens_hint: int, args, workdir: Path) 
         print(f"step of {BEAMS} beams at depth {depth}: fused {fmt_us(row[f'step{depth}'])} us, extend + counts + "
               f"unique_docs {fmt_us(row[f'step{depth}_separate'])} us (median / p99)", flush=True)
 
-    def decode(seed_prefix):
-        # 20 beams x 15 steps as the constrained decoder runs them: per step, one call lists every live
-        # beam's allowed tokens (the mask), the beam keeps one of them (here: a deterministic pick), one
-        # call extends all beams, one call checks which beams already map to a unique document.
-        states = kb.state(seed_prefix[:1]).repeat(BEAMS, axis=0)
-        for step in range(STEPS):
-            offsets, tokens = kb.next_tokens_of(states)
-            keep, chosen = [], []
-            for b in range(len(states)):
-                n = offsets[b + 1] - offsets[b]
-                if n:
-                    keep.append(b)
-                    chosen.append(tokens[offsets[b] + (b * 7 + step) % n])
-            if not keep:
-                break
-            states = kb.extend(states[keep], chosen)
-            kb.unique_docs(states)
-
-    row["decode"] = timeit(decode, lookup[: max(20, q // 4)], warmup=5)
+    row["decode"] = timeit(lambda seed: decode_workload(kb, seed), lookup[: max(20, q // 4)], warmup=5)
     row["decode_ms_per_query"] = row["decode"]["median_us"] / 1e3
 
     # ---- numpy suffix array baseline

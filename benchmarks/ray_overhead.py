@@ -4,7 +4,7 @@ The KB of the 10,033 packaged Wikipedia summaries (SmolLM2 tokenizer) is built i
 For the local KB and for the remote one with 1, 2 and 4 actors (``open_remote_kb``, a local Ray cluster
 on this machine), it times the constraint calls the decoder makes for 20 beams (one fused ``step``,
 ``continuations``, ``children``) on states of real corpus prefixes, and the decoding workload of
-``kb_bench.py`` (20 beams x 15 steps: mask, step). Every remote answer is checked equal to the local one.
+``kb_bench.py`` (``decode_workload``: 20 beams x 15 steps of mask, extend, unique documents). Every remote answer is checked equal to the local one.
 With ``--retrieve N`` it also runs N zero-shot GeMKR retrievals (SmolLM2, packaged) over both and
 reports ms/query and whether the documents are identical.
 
@@ -22,28 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-BEAMS, STEPS = 20, 15
-
-
-def stats_us(samples: list[float]) -> str:
-    a = np.asarray(samples) * 1e6
-    return f"{np.median(a):.0f} / {np.percentile(a, 99):.0f}"
-
-
-def med(samples: list[float]) -> float:
-    return float(np.median(samples))
-
-
-def timed(fn, cases, warmup: int = 5) -> list[float]:
-    for c in cases[:warmup]:
-        fn(c)
-    out = []
-    for c in cases:
-        t = time.perf_counter()
-        fn(c)
-        out.append(time.perf_counter() - t)
-    return out
+from kb_bench import BEAMS, decode_workload, fmt_us, timeit  # the same workload and timer as kb_bench.py
 
 
 def cases_for(kb, docs_tokens, rng, n: int, depth: int = 2):
@@ -60,24 +39,6 @@ def cases_for(kb, docs_tokens, rng, n: int, depth: int = 2):
             nxt.append(d[s + depth])
         out.append((np.concatenate(states), np.asarray(nxt, dtype=np.int64)))
     return out
-
-
-def decode_workload(kb, seeds) -> list[float]:
-    def run(seed):
-        states = kb.state(seed[:1]).repeat(BEAMS, axis=0)
-        for step in range(STEPS):
-            offsets, tokens = kb.continuations(states)
-            keep, chosen = [], []
-            for b in range(len(states)):
-                n = offsets[b + 1] - offsets[b]
-                if n:
-                    keep.append(b)
-                    chosen.append(max(0, int(tokens[offsets[b] + (b * 7 + step) % n])))
-            if not keep:
-                break
-            states = kb.step(states[keep], chosen).states
-
-    return timed(run, seeds, warmup=2)
 
 
 def main() -> int:
@@ -110,8 +71,8 @@ def main() -> int:
             "continuations (20 beams)": lambda kb: (lambda c: kb.continuations(c[0])),
             "children (20 beams)": lambda kb: (lambda c: kb.children(c[0])),
         }
-        rows = {"local": {name: timed(make(local), cases) for name, make in calls.items()}}
-        rows["local"]["decode"] = decode_workload(local, seeds)
+        rows = {"local": {name: timeit(make(local), cases, warmup=5) for name, make in calls.items()}}
+        rows["local"]["decode"] = timeit(lambda seed: decode_workload(local, seed), seeds, warmup=2)
         remotes = {}
         for n in args.actors:
             kb = open_remote_kb(path, groups=n, actor_options={"num_cpus": 0})
@@ -120,8 +81,8 @@ def main() -> int:
                 assert np.array_equal(r.states, lo.states) and np.array_equal(r.unique, lo.unique)
                 assert all(np.array_equal(a, b) for a, b in zip(kb.continuations(c[0]), local.continuations(c[0])))
             label = f"Ray, {kb._index.num_actors} actor(s)"
-            rows[label] = {name: timed(make(kb), cases) for name, make in calls.items()}
-            rows[label]["decode"] = decode_workload(kb, seeds)
+            rows[label] = {name: timeit(make(kb), cases, warmup=5) for name, make in calls.items()}
+            rows[label]["decode"] = timeit(lambda seed, kb=kb: decode_workload(kb, seed), seeds, warmup=2)
             remotes[label] = kb
         print(f"# Remote KB on Ray vs the local KB ({platform.machine()}, {os.cpu_count()} cores, ray {ray.__version__})")
         print(f"command: {' '.join(sys.argv)}")
@@ -130,13 +91,14 @@ def main() -> int:
         names = list(calls) + ["decode"]
         print("| KB | " + " | ".join(names) + " | decode x local |")
         print("|---" * (len(names) + 2) + "|")
-        base = med(rows["local"]["decode"])
+        base = rows["local"]["decode"]["median_us"]
         for label, r in rows.items():
-            cells = [stats_us(r[n]) for n in calls] + [f"{med(r['decode']) * 1e3:.1f} / {np.percentile(r['decode'], 99) * 1e3:.1f}"]
-            print(f"| {label} | " + " | ".join(cells) + f" | {med(r['decode']) / base:.1f}x |")
+            d = r["decode"]
+            cells = [fmt_us(r[n]) for n in calls] + [f"{d['median_us'] / 1e3:.1f} / {d['p99_us'] / 1e3:.1f}"]
+            print(f"| {label} | " + " | ".join(cells) + f" | {d['median_us'] / base:.1f}x |")
         for label, r in rows.items():
             if label != "local":
-                extra = (med(r["step (20 beams)"]) - med(rows["local"]["step (20 beams)"])) * 1e6
+                extra = r["step (20 beams)"]["median_us"] - rows["local"]["step (20 beams)"]["median_us"]
                 print(f"\n{label}: +{extra:.0f} us per fused step call over the local KB", end="")
         print()
         if args.retrieve:
