@@ -132,6 +132,17 @@ def test_mini_dataset_uses_wiki_corpus():
     assert len(corpus) == 5
 
 
+def test_mini_runs_another_query_file_over_the_packaged_corpus(tmp_path, monkeypatch):
+    row = {"id": "own-1", "image": None, "question": "Who invented dynamite?", "answers": ["Nobel"],
+           "gold_doc_ids": ["Dynamite"]}
+    (tmp_path / "dev.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.chdir(tmp_path)  # a relative path without --data-dir is relative to the working directory
+    for ds in (load_dataset("mini", queries="dev.jsonl"), load_dataset("mini", tmp_path, queries="dev.jsonl")):
+        assert [q.qid for q in ds.queries] == ["own-1"]  # the given file, not the shipped benchmark
+    with pytest.raises(DatasetFormatError, match="missing.jsonl"):
+        load_dataset("mini-text", queries="missing.jsonl")
+
+
 def test_mini_text_split_mirrors_mini():
     mini, text = load_dataset("mini"), load_dataset("mini-text")
     assert text.name == "mini-text" and len(text.queries) == len(mini.queries) == 41

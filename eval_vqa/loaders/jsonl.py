@@ -84,12 +84,21 @@ def _wiki_corpus() -> Iterator[tuple[str, str]]:
     return iter(wiki_summaries())
 
 
+def _packaged_queries(default: Path, data_dir: str | Path | None, queries: str | None) -> Path:
+    """The query file of a packaged-corpus dataset: ``queries`` (relative to ``data_dir`` when one is given,
+    else to the working directory), else the shipped file. Other query files in the mini format (a dev set
+    of one's own) thus run over the packaged corpus too."""
+    if queries is None:
+        return Path(data_dir) / default.name if data_dir is not None else default
+    return Path(data_dir) / queries if data_dir is not None else Path(queries)
+
+
 def load_mini(data_dir: str | Path | None = None, queries: str | None = None) -> VQADataset:
     """The shipped mini benchmark; corpus = the packaged Wikipedia summaries (doc id = title)."""
     from ..mini import MINI_PATH
 
-    path = Path(data_dir) / (queries or MINI_PATH.name) if data_dir is not None else MINI_PATH
-    return VQADataset("mini", load_jsonl_queries(path), _wiki_corpus, "mini benchmark over 10,033 Wikipedia summaries")
+    return VQADataset("mini", load_jsonl_queries(_packaged_queries(MINI_PATH, data_dir, queries)), _wiki_corpus,
+                      "mini benchmark over 10,033 Wikipedia summaries")
 
 
 def load_mini_text(data_dir: str | Path | None = None, queries: str | None = None) -> VQADataset:
@@ -100,6 +109,5 @@ def load_mini_text(data_dir: str | Path | None = None, queries: str | None = Non
     """
     from ..mini import MINI_TEXT_PATH
 
-    path = Path(data_dir) / (queries or MINI_TEXT_PATH.name) if data_dir is not None else MINI_TEXT_PATH
-    return VQADataset("mini-text", load_jsonl_queries(path), _wiki_corpus,
+    return VQADataset("mini-text", load_jsonl_queries(_packaged_queries(MINI_TEXT_PATH, data_dir, queries)), _wiki_corpus,
                       "mini benchmark, text-only questions, over 10,033 Wikipedia summaries")
