@@ -115,16 +115,19 @@ def read_appended_jsonl(path: Path) -> list[dict]:
 class RunDir:
     """The output folder: config check, the per-query JSONL, and the set of finished (label, qid)."""
 
-    def __init__(self, out_dir: str | Path, config: RunConfig, corpus_size: int) -> None:
+    def __init__(self, out_dir: str | Path, config: RunConfig, docs: Sequence[tuple[str, str]]) -> None:
+        from gemkr_llamaindex.checkpoints import corpus_fingerprint
+
         self.path = Path(out_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.per_query = self.path / "per_query.jsonl"
-        want = {**asdict(config), "corpus_size": corpus_size}
+        # The corpus's own fingerprint, not only its size: results over other texts are never resumed.
+        want = {**asdict(config), "corpus_size": len(docs), "corpus_sha256": corpus_fingerprint(docs)["sha256"]}
         cfg_file = self.path / "config.json"
         if cfg_file.is_file() and self.per_query.is_file():
             have = json.loads(cfg_file.read_text())
-            fixed = ("dataset", "ks", "limit", "max_docs", "seed", "tags", "options", "corpus_size", "answerer",
-                     "reader_k", "vqa_normalize")
+            fixed = ("dataset", "ks", "limit", "max_docs", "seed", "tags", "options", "corpus_size", "corpus_sha256",
+                     "answerer", "reader_k", "vqa_normalize")
             diff = [k for k in fixed if have.get(k, _CONFIG_DEFAULTS.get(k)) != want.get(k)]
             if diff:
                 raise ValueError(
@@ -320,7 +323,7 @@ def run_retrieval(
     config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
-    run = RunDir(out_dir, config, len(docs))
+    run = RunDir(out_dir, config, docs)
     tags = compute_tags(queries, config.tags, run.path, progress) if config.tags else {}
     image_path = _ImagePaths(image_cache)
     labels = []
@@ -369,7 +372,7 @@ def run_e2e(
     config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
-    run = RunDir(out_dir, config, len(docs))
+    run = RunDir(out_dir, config, docs)
     tags = compute_tags(queries, config.tags, run.path, progress) if config.tags else {}
     image_path = _ImagePaths(image_cache)
     labels = [f"{_label(name, config.tags)} -> {config.answerer}" for name in config.retrievers]

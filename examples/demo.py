@@ -92,6 +92,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
 
 
+def run_key(dataset, checkpoint: str | Path | None) -> str:
+    """The cached table's folder name: the mode plus a digest of the corpus and the checkpoint's weights."""
+    import hashlib
+
+    from gemkr_llamaindex.checkpoints import corpus_fingerprint
+
+    h = hashlib.sha256(corpus_fingerprint(dataset.corpus())["sha256"].encode())
+    if checkpoint:
+        h.update((Path(checkpoint) / "trainable.safetensors").read_bytes())
+    return f"{'trained' if checkpoint else 'zero_shot'}-{h.hexdigest()[:12]}"
+
+
 def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     """GeMKR, BM25 and dense retrieval on the whole mini benchmark, with and without visual tags."""
     import shutil
@@ -101,7 +113,7 @@ def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     from eval_vqa.runner import RunConfig, run_retrieval
 
     dataset = load_dataset("mini")
-    out = cache_dir() / "demo_runs" / ("trained" if checkpoint else "zero_shot")  # never resume the other mode
+    out = cache_dir() / "demo_runs" / run_key(dataset, checkpoint)  # never resume another model's or corpus's run
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
     options = {"checkpoint": str(checkpoint)} if checkpoint else {"zero_shot": "1"}
