@@ -172,16 +172,22 @@ def wiki_summary_metadata(lang: str = "en-us") -> dict[str, dict[str, str]]:
     return out
 
 
-def wiki_summaries(lang: str = "en-us") -> Iterator[tuple[str, str]]:
-    """``(title, text)`` for each packaged Wikipedia summary, in file order.
+def wiki_summaries(lang: str = "en-us", with_titles: bool = True) -> Iterator[tuple[str, str]]:
+    """``(title, passage)`` for each packaged Wikipedia summary, in file order.
 
-    The text is the summary's ``extract`` with runs of white space (including the odd mid-sentence
-    line break) folded into single spaces; nothing else is changed.
+    The passage is the summary's ``extract`` with runs of white space (including the odd mid-sentence
+    line break) folded into single spaces, preceded by its title as DPR's Wikipedia passages are
+    (``"Cat. The cat, also called ..."``, :func:`gemkr_llamaindex.kb.corpus.titled`); ``with_titles=False`` gives the bare extract.
+    Every retriever sees the same passages. The title matters most to generative retrieval: a clue
+    anchored at a document's start then names its entity exactly as the title does (GENRE's identifier),
+    whatever the extract's first words are ("Grace Hopper. Grace Brewster Hopper was ...").
     """
+    from gemkr_llamaindex.kb.corpus import titled
+
     with open(_wiki_file(lang), encoding="utf-8") as fh:
         data = json.load(fh)
     for key, entry in data.items():
         title = (entry.get("title") or key).strip()
         text = _WS.sub(" ", entry.get("extract") or "").strip()
         if title and text:
-            yield title, text
+            yield title, titled(title, text) if with_titles else text

@@ -40,3 +40,16 @@ def test_a_gguf_file_by_path_is_converted_once_into_a_folder(tmp_path, monkeypat
     assert tok.get_vocab() == packaged.get_vocab() and model.config.num_hidden_layers == 30
     with pytest.raises(FileNotFoundError, match="GGUF file"):
         assets.resolve_model(str(tmp_path / "missing.gguf"))
+
+
+def test_packaged_summaries_are_titled_passages_like_dprs(wiki_docs):
+    from gemkr_llamaindex.assets import wiki_summaries
+    from gemkr_llamaindex.kb.corpus import titled
+
+    by_id = dict(wiki_docs)
+    assert by_id["Cat"].startswith("Cat. The cat, also called domestic cat")
+    assert by_id["Grace Hopper"].startswith("Grace Hopper. Grace Brewster Hopper was")
+    assert by_id["Washington, D.C."].startswith("Washington, D.C. ")  # no second period
+    bare = dict(wiki_summaries(with_titles=False))
+    assert all(by_id[t] == titled(t, bare[t]) for t in ("Cat", "Moon", "Apple Inc."))
+    assert len(bare) == len(by_id) == 10_033

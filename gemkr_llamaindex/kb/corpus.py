@@ -30,6 +30,11 @@ TEXT_COLUMNS = ("text", "passage_content", "contents", "content", "passage")
 TITLE_COLUMNS = ("title",)
 
 
+def titled(title: str, text: str) -> str:
+    """A passage in DPR's layout, ``"{title}. {text}"`` (no second period after a title that ends with one)."""
+    return f"{title} {text}" if title.endswith(".") else f"{title}. {text}"
+
+
 def _decoded_lines(path: Path) -> Iterator[str]:
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
@@ -79,7 +84,7 @@ def _read_jsonl(path: Path, id_field: str | None, text_field: str | None, title_
         if include_title and title is not None:
             title = _text_str(title, f"{path}:{line_no}: field {title_field!r}")
             if title:
-                text = f"{title}. {text}"
+                text = titled(title, text)
         yield doc_id, text
 
 
@@ -123,7 +128,7 @@ def _read_delimited(path: Path, delimiter: str, id_field: str | None, text_field
             raise CorpusError(f"{path}:{reader.line_num}: row has {len(row)} fields, header has {len(header)}")
         text = row[text_col]
         if title_col is not None and row[title_col].strip():
-            text = f"{row[title_col].strip()}. {text}"
+            text = titled(row[title_col].strip(), text)
         yield row[id_col], text
 
 

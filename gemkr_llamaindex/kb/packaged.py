@@ -9,7 +9,7 @@ from gemkr_llamaindex.kb.knowledge_base import KnowledgeBase
 
 def wiki_summaries_kb() -> KnowledgeBase:
     """Open the cached KB of the 10,033 summaries, building it on first use (or if the copy is unusable)."""
-    path = cache_dir() / "kb" / "wiki-summaries-smollm2"
+    path = cache_dir() / "kb" / "wiki-summaries-titled-smollm2"  # "Title. extract" passages (assets.wiki_summaries)
     if path.exists():
         try:
             return KnowledgeBase.open(path)
