@@ -213,3 +213,30 @@ def test_clip_tower_loads_from_a_local_checkpoint(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(visual.state_dict().values(), full.visual.state_dict().values()))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_clip(TINY_CLIP_NAME, str(tmp_path / "missing.pt"))
+
+
+def test_lora_merged_for_inference_scores_the_same_and_refuses_save_and_train(llm_dir, tmp_path):
+    """``merge_lora`` (what ``ClueGenerator.from_checkpoint`` does) folds LoRA into the weights: same clue
+    log-likelihoods; saving, loading weights into or training a merged model is refused."""
+    m = GeMKRModel(tiny_config(llm_dir, clip_model=None, clip_pretrained=None)).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "lora_B" in name:  # LoRA starts at zero: give it weight so merging changes something
+                p.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    ckpt = m.save_pretrained(tmp_path / "ckpt")
+    prompt = m.prompt_embeds(["What is this?", "Where is it?"], tags=["cat", None])
+    clues = [[5, 9, 11], [7, 3]]
+    before = m.clue_log_likelihood(prompt, clues)
+    m.merge_lora()
+    assert m.lora_merged
+    torch.testing.assert_close(m.clue_log_likelihood(prompt, clues), before, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="unmerge_lora"):
+        m.save_pretrained(tmp_path / "other")
+    with pytest.raises(RuntimeError, match="unmerge_lora"):
+        m.load_trainable(ckpt / "trainable.safetensors")
+    m.train()
+    with pytest.raises(RuntimeError, match="unmerge_lora"):
+        m(["What is this?"], [[5, 9]], tags=["cat"])
+    m.eval().unmerge_lora()
+    assert not m.lora_merged
+    torch.testing.assert_close(m.clue_log_likelihood(prompt, clues), before, rtol=1e-4, atol=1e-4)

@@ -118,11 +118,12 @@ class ClueGenerator:
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", config: DecodingConfig | None = None,
                         **kwargs: Any) -> ClueGenerator:
         """A generator over a trained GeMKR checkpoint (``GeMKRModel.save_pretrained`` output). The
-        checkpoint's own decoding settings (``decoding.json``, if it has one) are the default ``config``."""
+        checkpoint's own decoding settings (``decoding.json``, if it has one) are the default ``config``.
+        LoRA is merged into the LLM's weights (:meth:`GeMKRModel.merge_lora`): same clues, faster decoding."""
         from gemkr_llamaindex.model.gemkr import GeMKRModel
 
         model = GeMKRModel.from_pretrained(checkpoint, device=device)
-        model.eval()
+        model.eval().merge_lora()
         return cls(model=model, config=config or checkpoint_decoding_config(checkpoint), **kwargs)
 
     # ------------------------------------------------------------------ the KB

@@ -179,6 +179,8 @@ class GeMKRModel(nn.Module):
     ) -> GeMKROutput:
         """Eq. 8: negative log-likelihood of the clue tokens after "### Response:" (prompt tokens carry no
         loss), averaged over the batch's clue tokens so the scale does not depend on clue length."""
+        if self.training:
+            self._require_unmerged("train")
         prompt = self.prompt_embeds(questions, images=images, visual=visual, tags=tags)
         logp, tmask = target_log_probs(self.llm, prompt, clue_ids, self._pad)
         n = int(tmask.sum())
@@ -192,9 +194,34 @@ class GeMKRModel(nn.Module):
         """
         return clue_log_likelihood(self.llm, prompt, clue_ids, self._pad, batch_size)
 
+    # ---- inference ---------------------------------------------------------------------------------------
+    @property
+    def lora_merged(self) -> bool:
+        """Whether LoRA is folded into the LLM's weights (:meth:`merge_lora`)."""
+        return any(m.merged for m in self.llm.modules() if hasattr(m, "merged_adapters"))  # peft's LoRA layers
+
+    def merge_lora(self) -> GeMKRModel:
+        """Fold LoRA into the frozen weights for inference: the same outputs (up to float rounding) without
+        the adapters' extra small matmuls per projection, about a quarter less decoding time on a CPU. The
+        adapters stay and :meth:`unmerge_lora` restores the base weights; a merged model is not saved or
+        trained (its base weights are not the ones its checkpoint names)."""
+        if not self.lora_merged:
+            self.llm.merge_adapter()
+        return self
+
+    def unmerge_lora(self) -> GeMKRModel:
+        if self.lora_merged:
+            self.llm.unmerge_adapter()
+        return self
+
+    def _require_unmerged(self, what: str) -> None:
+        if self.lora_merged:
+            raise RuntimeError(f"cannot {what} a model whose LoRA is merged for inference; call unmerge_lora() first")
+
     # ---- persistence -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the trainable weights (safetensors) and a config naming the base models, atomically."""
+        self._require_unmerged("save")
         meta = {"config": self.config.to_dict(), "base_fingerprints": self.base_fingerprints(),
                 "trainable_parameters": self.num_parameters()[0]}
         return checkpoint.save(self.trainable_state_dict(), meta, directory)
@@ -217,5 +244,6 @@ class GeMKRModel(nn.Module):
 
     def load_trainable(self, path: str | Path, expected_fingerprints: dict[str, str] | None = None) -> None:
         """Load trainable weights saved by ``save_pretrained``, checking base models and keys."""
+        self._require_unmerged("load weights into")
         describe = f"config: llm={self.config.llm!r}, clip={self.config.clip_model!r}/{self.config.clip_pretrained!r}"
         checkpoint.load_trainable(self, path, expected_fingerprints, self.base_fingerprints(), describe)
