@@ -6,28 +6,36 @@ of the two kinds a knowledge-based VQA user asks, both pointing at that document
 * **named** (text-only): the question names the entity, e.g. "What is the taxonomic family of the
   horse?" or "The horse belongs to what?";
 * **pictured**: the entity is replaced by what one would say about a picture of it ("this animal", "this
-  mammal") and the *visual tags slot* holds what a tagger would say about such a picture: more specific
-  kinds (WordNet hyponyms, ImageNet class names that WordNet files under the entity: "tiger cat",
-  "Egyptian cat" for Cat), synonyms and names from the text ("house cat"), now and then a distractor label
-  of another document (taggers err) or none at all.
+  building"; a word from a fixed list of visual kinds) and the *visual tags slot* holds what the library's
+  tagger (an ImageNet classifier plus OCR, :mod:`gemkr_llamaindex.tags`) would say about such a picture.
 
 How a document is read (every step works without WordNet; WordNet, e.g. Debian's ``wordnet-base``, adds
-hypernyms, hyponyms and ImageNet's classes):
+hypernyms, hyponyms and ImageNet's classes). A passage that opens with its title (DPR's ``"{title}. {text}"``
+layout) is read without it.
 
 1. **names**: the title (without a parenthesised qualifier) and the aliases its first sentence gives
    ("also called X and Y", "also known as X", "popularly known as X", a parenthesis right after the name);
-2. **kind**: the head noun of the description (``"Small domesticated carnivorous mammal"`` -> mammal)
-   or of the first sentence's "is a ..." phrase, the topic ("People" -> person), and WordNet's
-   lexicographer file and hypernyms of the title's sense that best matches the text (noun.animal ->
-   animal; "she"/"he" in the text picks woman/man for a person);
+2. **kind**: the first visual kind (:data:`VISUAL_KINDS`) among the head noun of the description
+   (``"Small domesticated carnivorous mammal"`` -> mammal), of the first sentence's "is a ..." phrase,
+   WordNet's hypernyms and lexicographer file of the title's sense that best matches the text (noun.animal
+   -> animal), and the topic ("People" -> person; "she"/"he" in the text picks woman/man);
 3. **questions**: generic questions about the kind ("What is this animal?"), questions about a word of
    the text ("What is the family of this animal?"), and cloze questions from a sentence of the
-   document with the entity replaced and one span (a number, a name, a final noun phrase) asked for
-   ("This animal belongs to the taxonomic family what?").
+   document with the entity replaced and one span (a number, a name, a final noun phrase) asked for,
+   cut to the words around the asked span ("This animal is a member of what?").
+
+**Simulated tags** follow what a classifier and OCR say about photos, not what the text says: ImageNet
+classes that WordNet files under the entity (1-3 of them; "tiger cat", "Egyptian cat" for Cat), else
+ImageNet classes whose name occurs in the text (a "military uniform" for an admiral), often a wrong class
+too (taggers err), now and then a word a person would use (a WordNet synonym or kind), and only
+sometimes text read off the picture, which is the entity's name less than half of the time (signs and
+captions mostly say something else). A pictured query thus has to be resolved from the question and a
+noisy picture description, as real ones are, instead of from a name leaked into the tags. Documents the
+classifier has classes for get more pictured queries than others: photos are mostly of such things.
 
 The targets (clues) are then cut from the document by the trainer: the paper's clue sampler (keyword
-hits of the question) and/or the document's opening tokens (for ``anchor="doc_start"`` decoding). No
-benchmark question is used anywhere.
+hits of the question) and/or the document's opening tokens (for ``anchor="doc_start"`` decoding; with
+titled passages the opening is the title). No benchmark question is used anywhere.
 """
 
 from __future__ import annotations
@@ -80,6 +88,28 @@ KIND_QUESTIONS = {
     "object": ["What is this object?", "What is this used for?", "What is this object made of?",
                "What is this device called?"],
 }
+#: The words a question about a picture uses for what it shows ("this animal"); a document's kind is the
+#: first of its candidate kinds in this list, so text-only words ("capital", "sixth") never become one.
+VISUAL_KINDS = frozenset("""
+animal mammal bird fish insect reptile amphibian dog cat horse snake spider shark whale monkey ape bear
+plant tree flower fruit vegetable mushroom fungus grass crop herb shrub seed
+food dish drink beverage meal bread cheese sauce dessert spice
+person man woman child king queen emperor leader ruler politician president musician singer composer
+painter artist writer poet author actor actress scientist physicist chemist mathematician philosopher
+inventor engineer athlete player footballer explorer astronaut soldier general saint prophet
+place city town village country state region island mountain river lake sea ocean desert forest valley
+volcano continent park capital
+building structure tower bridge church temple mosque cathedral castle palace monument stadium museum
+house dam canal road wall statue
+vehicle car truck bus train ship boat aircraft airplane spacecraft rocket motorcycle bicycle
+device machine instrument tool weapon computer camera telescope engine clock phone
+object material substance mineral metal element rock stone fabric
+painting sculpture artwork book film game sport dance flag symbol logo map
+organization company team band club
+organ disease cell molecule
+planet star galaxy moon satellite telescope comet asteroid
+""".split())
+
 GENERIC_QUESTIONS = ["What is this {kind}?", "What is this {kind} called?", "What is this {kind} known for?",
                      "Which {kind} is shown here?", "What can you tell me about this {kind}?"]
 
@@ -92,10 +122,12 @@ class Entity:
     title: str
     names: list[str]  # title first, then aliases
     kinds: list[str]  # words for "this ___", most specific first
-    tags: list[str]  # what a tagger might say about a picture of it
+    tags: list[str]  # what a person might call a picture of it (aliases, WordNet synonyms and hyponyms)
     named: str  # how a question names it ("the cat", "Grace Hopper")
     sentences: list[str] = field(default_factory=list)  # for cloze questions (at most 35 words each)
     nouns: list[str] = field(default_factory=list)  # nouns of its text, for "What is the ___ of ..." questions
+    labels: list[str] = field(default_factory=list)  # ImageNet classes WordNet files under it
+    scene: list[str] = field(default_factory=list)  # ImageNet classes whose name occurs in its text
 
 
 def _sentences(text: str) -> list[str]:
@@ -171,18 +203,22 @@ class EntityReader:
         """``docs``: dicts with ``id`` and ``text`` and, when known, ``title``, ``description``, ``topic``."""
         entities: dict[str, Entity] = {}
         senses: dict[int, str] = {}
+        scene = _ClassMatcher([name for _, name in self.imagenet]) if self.imagenet else None
         for d in docs:
             ent, sense = self._entity(d)
             entities[ent.doc_id] = ent
             if sense is not None:
                 senses.setdefault(sense.offset, ent.doc_id)
+            if scene is not None:
+                ent.scene = scene.find(" ".join(ent.sentences[:6]) or str(d["text"]))
         if self.wordnet is not None and self.imagenet:
             self._attach_imagenet(entities, senses)
         return entities
 
     def _entity(self, d: dict[str, Any]) -> tuple[Entity, Synset | None]:
-        text = str(d["text"])
-        title = _QUALIFIER.sub("", str(d.get("title") or d["id"])).strip()
+        full_title = str(d.get("title") or d["id"])
+        text = _untitled(str(d["text"]), full_title)
+        title = _QUALIFIER.sub("", full_title).strip()
         sentences = _sentences(text) or [text]
         first = sentences[0]
         names = list(dict.fromkeys([title, *_aliases(first, title)]))
@@ -209,13 +245,12 @@ class EntityReader:
                 tags += [lemma for lemma in sense.lemmas if lemma.lower() != title.lower()]
                 tags += [h.name for h in self.wordnet.hyponym_closure(sense, 2, limit=40)]
         topic_kind = TOPIC_KINDS.get(str(d.get("topic") or ""))
-        if topic_kind:
-            kinds.append(topic_kind)
         if "person" in kinds or topic_kind == "person":
             she = len(re.findall(r"\b(?:she|her)\b", text, re.IGNORECASE))
             he = len(re.findall(r"\b(?:he|his|him)\b", text, re.IGNORECASE))
             kinds.insert(0, "woman" if she > he else "man" if he > she else "person")
-        kinds = [k for k in dict.fromkeys(kinds) if k and k.lower() != title.lower()] or ["thing"]
+        kinds = [k for k in dict.fromkeys(kinds) if k in VISUAL_KINDS and k.lower() != title.lower()]
+        kinds = kinds or [topic_kind or "thing"]  # the topic's word only when nothing more specific is known
         named = f"the {title.lower()}" if _is_common_noun(title, text) else title
         nouns = [m.group(1) for sent in sentences[:5] for m in _NOUN_SLOT.finditer(sent)]
         nouns = [w for w in dict.fromkeys(nouns) if _is_noun(w, self.wordnet) and w not in _STOP
@@ -233,47 +268,87 @@ class EntityReader:
             for s in [syn, *self.wordnet.hypernym_closure(syn, 3)]:
                 if s.offset in senses:
                     ent = entities[senses[s.offset]]
-                    if label not in ent.tags:
-                        ent.tags.insert(0, label)
+                    if label not in ent.labels:
+                        ent.labels.append(label)
                     break
+
+
+def _untitled(text: str, title: str) -> str:
+    """``text`` without the ``"{title}. "`` a DPR-style passage opens with."""
+    for head in (f"{title}. ", f"{title} "):
+        if text.startswith(head) and (head.endswith(". ") or title.endswith(".")):
+            return text[len(head):]
+    return text
+
+
+class _ClassMatcher:
+    """Finds the classifier classes whose name occurs in a text, as whole words ("military uniform", "dam")."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.by_word: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        for name in dict.fromkeys(names):
+            words = tuple(name.lower().split())
+            if words and (len(words) > 1 or len(words[0]) >= 4):  # "ox", "web" match too much text
+                self.by_word.setdefault(words[0], []).append((words, name))
+
+    def find(self, text: str, limit: int = 8) -> list[str]:
+        words = [w.lower() for w in _WORD.findall(text)]
+        found: list[str] = []
+        for i, w in enumerate(words):
+            for phrase, name in self.by_word.get(w, ()):
+                if tuple(words[i : i + len(phrase)]) == phrase and name not in found:
+                    found.append(name)
+        return found[:limit]
 
 
 class PseudoQueryBuilder:
     """Pseudo-queries per document: ``named`` text-only ones and ``pictured`` ones with simulated tags."""
 
     def __init__(self, entities: dict[str, Entity], named: int = 2, pictured: int = 4, seed: int = 0,
-                 distractor_rate: float = 0.25, no_tags_rate: float = 0.1,
-                 distractors: Sequence[str] | None = None) -> None:
-        """``distractors``: labels a tagger says by mistake (default: other documents' names); the
-        ImageNet class names are the realistic choice for a classifier-based tagger."""
+                 distractor_rate: float = 0.35, no_tags_rate: float = 0.1, ocr_rate: float = 0.15,
+                 person_rate: float = 0.25, pictured_extra: int = 4, distractors: Sequence[str] | None = None) -> None:
+        """Rates of a pictured query's tags: ``distractor_rate`` a wrong class, ``no_tags_rate`` no tags at
+        all, ``ocr_rate`` text read off the picture (the entity's name, or other words: signs and captions
+        rarely spell the answer), ``person_rate`` a word a person would use (a synonym or more specific
+        kind). A document the classifier has classes for gets ``pictured_extra`` more pictured queries, one
+        with classes named in its text one more: photos are mostly of things a camera can show.
+        ``distractors``: the classes a tagger says by mistake (default: other documents' names; the
+        ImageNet class names are the realistic choice)."""
         self.entities = entities
-        self.named, self.pictured = named, pictured
+        self.named, self.pictured, self.pictured_extra = named, pictured, pictured_extra
         self.distractor_rate, self.no_tags_rate = distractor_rate, no_tags_rate
+        self.ocr_rate, self.person_rate = ocr_rate, person_rate
         self.rng = random.Random(seed)
-        self._distractors = list(distractors or [e.title for e in entities.values()]) or ["object"]
+        self._titles = [e.title for e in entities.values()] or ["object"]
+        self._distractors = list(distractors or self._titles)
 
     def queries(self, doc_id: str) -> list[QueryRecord]:
         ent = self.entities[doc_id]
         out = []
         for i in range(self.named):
             out.append(QueryRecord(None, self._question(ent, ent.named), (doc_id,), None, f"{doc_id}#n{i}"))
-        for i in range(self.pictured):
+        extra = self.pictured_extra if ent.labels else 1 if ent.scene else 0
+        for i in range(self.pictured + extra):
             kind = self.rng.choice(ent.kinds[:3])
-            out.append(QueryRecord(None, self._question(ent, f"this {kind}", kind), (doc_id,), self._tags(ent),
-                                   f"{doc_id}#p{i}"))
+            tags, telling = self._tags(ent)
+            # Tags that say nothing about the entity leave the question to carry it: no "What is this thing?"
+            question = self._question(ent, f"this {kind}", kind, specific=not telling)
+            out.append(QueryRecord(None, question, (doc_id,), tags, f"{doc_id}#p{i}"))
         return out
 
     def all_queries(self) -> list[QueryRecord]:
         return [q for doc_id in self.entities for q in self.queries(doc_id)]
 
     # ---- questions ----------------------------------------------------------------------------------
-    def _question(self, ent: Entity, mention: str, kind: str | None = None) -> str:
-        r = self.rng.random()
+    def _question(self, ent: Entity, mention: str, kind: str | None = None, specific: bool = False) -> str:
+        """A question about ``ent`` naming it as ``mention``; ``specific`` asks about its text (a cloze or a
+        word of it) whenever the text allows, never a generic "What is this?"."""
+        r = 0.0 if specific else self.rng.random()
         if r < 0.45:
             q = self._cloze(ent, mention, hide_names=kind is not None)
             if q:
                 return q
-        if r < 0.75:
+        if r < 0.75 or specific:
             word = self._content_word(ent)
             if word:
                 return f"What is the {word} of {mention}?" if self.rng.random() < 0.5 else \
@@ -319,20 +394,50 @@ class PseudoQueryBuilder:
                 return None
             cut = max(3, len(words) - self.rng.randint(1, 3))
             q = " ".join(words[:cut]) + " what"
-        q = re.sub(r"\s+", " ", q).strip()
-        return q[:200] + "?"
+        return _window(re.sub(r"\s+", " ", q).strip()) + "?"
 
     # ---- tags ---------------------------------------------------------------------------------------
-    def _tags(self, ent: Entity) -> str | None:
-        if self.rng.random() < self.no_tags_rate:
-            return None
-        pool = ent.tags[:12] or ent.names
-        picks = self.rng.sample(pool, k=min(len(pool), self.rng.randint(1, 3)))
-        if self.rng.random() < 0.3 or not picks:
-            picks.append(self.rng.choice(ent.names))
-        if self.rng.random() < self.distractor_rate:
-            picks.insert(self.rng.randrange(len(picks) + 1), self.rng.choice(self._distractors))
-        return ", ".join(dict.fromkeys(p for p in picks if p))
+    def _tags(self, ent: Entity) -> tuple[str | None, bool]:
+        """What the tagger says about a picture of ``ent`` (see the module docstring), and whether any of it
+        points at ``ent`` (a class filed under it or named in its text, a synonym, its name)."""
+        rng = self.rng
+        if rng.random() < self.no_tags_rate:
+            return None, False
+        picks: list[str] = []
+        if ent.labels:
+            picks += rng.sample(ent.labels, k=min(len(ent.labels), rng.randint(1, 3)))
+        elif ent.scene and rng.random() < 0.6:
+            picks += rng.sample(ent.scene, k=min(len(ent.scene), rng.randint(1, 2)))
+        if ent.tags and rng.random() < self.person_rate:
+            picks.append(rng.choice(ent.tags[:12]))
+        read = None
+        if rng.random() < self.ocr_rate:  # text in the picture: a sign, a caption, a logo
+            r = rng.random()
+            if r < 0.4:
+                read = rng.choice(ent.names)
+            elif r < 0.7 and ent.sentences:  # a name its text mentions: a sign near the thing
+                words = [m.group() for m in _CAPS.finditer(rng.choice(ent.sentences[:6]))]
+                read = rng.choice(words) if words else None
+            else:  # text that says nothing about it
+                read = rng.choice(self._titles)
+        telling = bool(picks) or read in ent.names
+        if read:
+            picks.append(read)
+        if not picks or rng.random() < self.distractor_rate:
+            picks.insert(rng.randrange(len(picks) + 1), rng.choice(self._distractors))
+        return ", ".join(dict.fromkeys(p for p in picks if p)), telling
+
+
+def _window(question: str, before: int = 7, after: int = 4, head: int = 4) -> str:
+    """A long cloze question cut to its first ``head`` words (the mention) and the words around the asked
+    word, as a person would ask it ("This animal is a member of what"), not a whole quoted sentence."""
+    words = question.split()
+    if len(words) <= head + before + after + 1:
+        return question
+    at = next((i for i, w in enumerate(words) if w.strip(",;:") in ("what", "when")), len(words) - 1)
+    if at < head + before:
+        return " ".join(words[: at + after + 1])
+    return " ".join(words[:head] + words[at - before : at + after + 1])
 
 
 def imagenet_synsets() -> list[tuple[int, str]]:
@@ -380,7 +485,8 @@ def load_metadata(source: str | None) -> dict[str, dict[str, str]]:
 
 def corpus_training_queries(kb: Any, *, named: int = 2, pictured: int = 4, wordnet: str | None = "auto",
                             metadata: str | None = None, imagenet: bool = True, seed: int = 0,
-                            distractor_rate: float = 0.25, no_tags_rate: float = 0.1,
+                            distractor_rate: float = 0.35, no_tags_rate: float = 0.1, ocr_rate: float = 0.15,
+                            person_rate: float = 0.25, pictured_extra: int = 4,
                             limit: int | None = None) -> list[QueryRecord]:
     """Pseudo-queries for every document of ``kb`` (the first ``limit`` ones if given); see the module
     docstring. ``wordnet``: ``"auto"`` (use the installed one if any), ``"none"``, or a folder."""
@@ -394,7 +500,7 @@ def corpus_training_queries(kb: Any, *, named: int = 2, pictured: int = 4, wordn
     for i in range(n):
         doc_id = kb.doc_id(i)
         docs.append({"id": doc_id, "text": kb.text(i), **meta.get(doc_id, {})})
-    entities = EntityReader(wn, labels if wn is not None else None).read(docs)
-    builder = PseudoQueryBuilder(entities, named, pictured, seed, distractor_rate, no_tags_rate,
-                                 distractors=[name for _, name in labels] or None)
+    entities = EntityReader(wn, labels).read(docs)
+    builder = PseudoQueryBuilder(entities, named, pictured, seed, distractor_rate, no_tags_rate, ocr_rate,
+                                 person_rate, pictured_extra, distractors=[name for _, name in labels] or None)
     return builder.all_queries()
