@@ -56,7 +56,7 @@ def summaries_kb(llm: str):
 
 
 def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: int, clue_length: int,
-           clue_mode: str = "mixed", llm: str = "smollm2"):
+           clue_mode: str = "mixed", llm: str = "smollm2", opening_share: float = 0.5):
     from gemkr_llamaindex.training.trainer import TrainConfig
 
     kb = summaries_kb(llm)
@@ -64,7 +64,8 @@ def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: i
         kb_dir=str(kb.path), output_dir=str(out),
         corpus_queries={"named": named, "pictured": pictured, "metadata": "wiki-summaries", "wordnet": "auto",
                         "imagenet": True},
-        clue_mode=clue_mode, clue_length=clue_length, clues_per_doc=1, decoding=DECODING,  # one clue per query
+        clue_mode=clue_mode, opening_share=opening_share, clue_length=clue_length, clues_per_doc=1,
+        decoding=DECODING,  # one clue per query
         model={"llm": llm, "clip_model": None, "clip_pretrained": None, "task_description": TASK,
                "lora_r": 16, "lora_alpha": 32,
                "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
@@ -123,6 +124,7 @@ def main() -> None:
     p.add_argument("--pictured", type=int, default=2)
     p.add_argument("--clue-length", type=int, default=8)
     p.add_argument("--clue-mode", default="mixed", choices=["sampled", "doc_start", "mixed"])
+    p.add_argument("--opening-share", type=float, default=0.5, help="mixed: share of targets that are openings")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm", default="smollm2", help="the LLM to train (name, folder or .gguf); default smollm2")
     p.add_argument("--install", type=Path, default=None, help="copy this finished checkpoint into the package")
@@ -138,7 +140,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     final = train(config(args.out, args.steps, args.batch, args.lr, args.named, args.pictured, args.clue_length,
-                         args.clue_mode, args.llm))
+                         args.clue_mode, args.llm, args.opening_share))
     print(f"trained in {time.perf_counter() - t0:.0f} s -> {final}")
 
 

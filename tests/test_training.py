@@ -50,6 +50,41 @@ def test_batches_resume_where_they_stopped():
     assert sorted(i for b in seq[:3] for i in b) == sorted({i for b in seq[:3] for i in b})  # no repeats in an epoch
 
 
+def test_length_bucketed_batches_keep_epochs_whole_and_resume_and_pad_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 200, size=300).tolist()
+    fresh = batches(300, 8, seed=2, lengths=lengths, pool=8)
+    epoch = [next(fresh) for _ in range(300 // 8)]
+    flat = [i for b in epoch for i in b]
+    assert len(flat) == len(set(flat)) == 296  # every example at most once per epoch, as without buckets
+    resumed = batches(300, 8, seed=2, start=30, lengths=lengths, pool=8)
+    assert [next(resumed) for _ in range(10)] == (epoch + [next(fresh) for _ in range(3)])[30:40]
+
+    def padded(bs):  # tokens a batch computes: its size times its longest row
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    plain = batches(300, 8, seed=2)
+    assert padded(epoch) < 0.75 * padded([next(plain) for _ in range(37)])
+
+
+def test_mixed_targets_draw_openings_at_the_asked_share(tmp_path, smollm2_tokenizer):
+    from gemkr_llamaindex.training.clues import ClueSampler
+    from gemkr_llamaindex.training.data import QueryRecord, build_examples
+
+    kb = KnowledgeBase.build(DOCS, smollm2_tokenizer, tmp_path / "kb", show_progress=False)
+    records = [QueryRecord(None, f"Which shape has {w} sides?", (d,)) for w in ("four", "three", "no")
+               for d, _ in DOCS] * 40
+    openings = {}
+    for share in (0.0, 0.7, 1.0):
+        ex = build_examples(records, ClueSampler(kb, m=1, length=5, seed=3), "mixed", opening_share=share)
+        openings[share] = sum(list(e.clue_ids) == kb.doc_tokens(e.doc_id)[:5].tolist() for e in ex) / len(ex)
+    assert openings[1.0] == 1.0 and openings[0.0] < 0.2 and 0.6 < openings[0.7] < 0.8  # sampled clues may open too
+    again = build_examples(records, ClueSampler(kb, m=1, length=5, seed=3), "mixed", opening_share=0.7)
+    assert again == build_examples(records, ClueSampler(kb, m=1, length=5, seed=3), "mixed", opening_share=0.7)
+    with pytest.raises(ValueError, match="opening_share"):
+        build_examples(records, ClueSampler(kb, m=1, length=5), "mixed", opening_share=1.5)
+
+
 def test_training_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"image": "a.png", "question": "q", "positive_doc_ids": ["x"]}\n{"image": "b.png", "question": "q"}\n')

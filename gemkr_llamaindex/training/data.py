@@ -135,17 +135,20 @@ def doc_start_clue(kb: Any, doc_id: str, length: int, end_token_id: int | None) 
 
 
 def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler, clue_mode: str = "sampled",
-                   end_token_id: int | None = None) -> list[InstructionExample]:
+                   end_token_id: int | None = None, opening_share: float = 0.5) -> list[InstructionExample]:
     """Cut the clues: one example per (query, clue); unknown documents are counted in ``sampler.stats``.
 
     ``clue_mode``: ``"sampled"`` (the paper's sampler), ``"doc_start"`` (each positive document's opening,
-    ``sampler.length`` tokens) or ``"mixed"`` (every other query of a document each way, by query order).
+    ``sampler.length`` tokens) or ``"mixed"`` (each query's targets are openings with probability
+    ``opening_share``, drawn from the sampler's seeded generator, else sampled clues).
     """
     if clue_mode not in CLUE_MODES:
         raise ValueError(f"clue_mode must be one of {CLUE_MODES}, got {clue_mode!r}")
+    if not 0.0 <= opening_share <= 1.0:
+        raise ValueError(f"opening_share must lie in [0, 1], got {opening_share}")
     examples = []
-    for i, rec in enumerate(records):
-        opening = clue_mode == "doc_start" or (clue_mode == "mixed" and i % 2 == 0)
+    for rec in records:
+        opening = clue_mode == "doc_start" or (clue_mode == "mixed" and sampler.rng.random() < opening_share)
         if opening:
             for doc_id in rec.positive_doc_ids:
                 try:

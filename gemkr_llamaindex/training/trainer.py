@@ -47,6 +47,7 @@ class TrainConfig:
     train_file: str | None = None
     corpus_queries: dict[str, Any] | None = None
     clue_mode: str = "sampled"
+    opening_share: float = 0.5  # clue_mode "mixed": the share of queries whose target is the document's opening
     decoding: dict[str, Any] | None = None
     model: dict[str, Any] = field(default_factory=dict)  # GeMKRConfig fields
     lr: float = 6e-5
@@ -63,6 +64,8 @@ class TrainConfig:
     rho: float = 1.0
     save_every: int = 200
     gradient_checkpointing: bool = False
+    length_buckets: bool = True  # batch prompts of similar length together (less padding; same examples per epoch)
+    cpu_bf16: bool | None = None  # bf16 autocast on a CPU: None = where the CPU has bf16 instructions
     seed: int = 0
     device: str = "auto"
     object_cache_dir: str | None = None  # default: <cache>/object_features
@@ -117,20 +120,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def batches(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+def batches(n_examples: int, batch_size: int, seed: int, start: int = 0,
+            lengths: Sequence[int] | None = None, pool: int = 64) -> Iterator[list[int]]:
     """Endless shuffled batches of example indices; epoch e uses ``Random(seed + e)``.
 
-    ``start`` skips that many batches, so a resumed run sees the data a fresh run would have seen.
+    ``start`` skips that many batches, so a resumed run sees the data a fresh run would have seen. With
+    ``lengths`` (tokens per example), each run of ``pool`` batches of the shuffled order is sorted by length
+    before it is cut, and the batches are shuffled again: a batch pads to its longest row, so similar
+    lengths waste less compute, while every epoch still holds every example once in a random order.
     """
     per_epoch = max(n_examples // batch_size, 1)
     epoch, offset = divmod(start, per_epoch)
     while True:
+        rng = random.Random(seed + epoch)
         order = list(range(n_examples))
-        random.Random(seed + epoch).shuffle(order)
-        for b in range(offset, per_epoch):
-            chunk = order[b * batch_size : (b + 1) * batch_size]
-            yield chunk if chunk else order[:batch_size]
+        rng.shuffle(order)
+        cut = [order[b * batch_size : (b + 1) * batch_size] or order[:batch_size] for b in range(per_epoch)]
+        if lengths is not None:
+            span = pool * batch_size
+            flat: list[int] = []
+            for i in range(0, per_epoch * batch_size, span):
+                flat += sorted(order[i : min(i + span, per_epoch * batch_size)], key=lambda j: lengths[j])
+            cut = [flat[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
+            rng.shuffle(cut)
+        yield from cut[offset:]
         epoch, offset = epoch + 1, 0
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -211,9 +234,10 @@ class Trainer:
         cfg = self.config
         max_steps = max_steps if max_steps is not None else cfg.max_steps
         device = self.model.device
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-            "cpu", enabled=False)
-        order = batches(len(self.examples), cfg.batch_size, cfg.seed, start=self.step * cfg.grad_accum)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        lengths = self._lengths() if cfg.length_buckets else None
+        order = batches(len(self.examples), cfg.batch_size, cfg.seed, start=self.step * cfg.grad_accum,
+                        lengths=lengths)
         self.model.train()
         bar = tqdm(total=max_steps, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
         while self.step < max_steps:
@@ -255,6 +279,22 @@ class Trainer:
         bar.close()
         self.model.eval()
         return self.losses
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 autocast: always on a GPU; on a CPU as ``cpu_bf16`` says (None: where the CPU has bf16
+        instructions, which make a step about a fifth faster here; LoRA's weights stay float32)."""
+        if self.model.device.type == "cuda":
+            return True
+        if self.model.device.type != "cpu":
+            return False
+        return cpu_has_bf16() if self.config.cpu_bf16 is None else bool(self.config.cpu_bf16)
+
+    def _lengths(self) -> list[int]:
+        """Prompt + clue tokens per example (the visual slot included), from the tokenizer alone."""
+        recs = [e.record for e in self.examples]
+        prompts = self.model.prompt_lengths([r.question for r in recs], [r.tags for r in recs])
+        return [p + len(e.clue_ids) for p, e in zip(prompts, self.examples)]
 
     def _my_share(self, batch: list[int]) -> list[int]:
         """This process's slice of a global batch (all of it in a single process)."""
@@ -306,7 +346,7 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
     kb.check_tokenizer(model.tokenizer)  # clues are KB token ids: the one tokenizer check
     records = training_queries(config, kb)
     sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
-    examples = build_examples(records, sampler, config.clue_mode, model.tokenizer.eos_token_id)
+    examples = build_examples(records, sampler, config.clue_mode, model.tokenizer.eos_token_id, config.opening_share)
     if verbose:
         print(f"{len(records)} queries -> {len(examples)} (query, clue) examples ({config.clue_mode} clues); "
               f"{sampler.stats.unique_share:.1%} of sampled clues map to a single document; "
