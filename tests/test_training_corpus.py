@@ -186,6 +186,13 @@ def test_a_model_without_vision_tower_trains_saves_loads_and_retrieves(tmp_path,
     assert "### Image:" not in model.template.render("q?", "tags", image_slot=False)
     gen = ClueGenerator.from_checkpoint(final)
     assert gen.config.anchor == "doc_start" and gen.config.min_length == 2  # the checkpoint's decoding
+    # init_from: a new run starts from this one's weights (here with a zero learning rate: they stay as they are)
+    again = {**cfg, "output_dir": str(tmp_path / "run2"), "init_from": str(final), "lr": 0.0, "max_steps": 1}
+    from safetensors.torch import load_file
+
+    second = train(TrainConfig.from_dict(again), verbose=False)
+    first_w, second_w = load_file(str(final / "trainable.safetensors")), load_file(str(second / "trainable.safetensors"))
+    assert first_w.keys() == second_w.keys() and all(torch.equal(first_w[k], second_w[k]) for k in first_w)
     kb = KnowledgeBase.open(tmp_path / "kb")
     hits = GeMKRRetriever(gen, kb, similarity_top_k=2).retrieve("Where does the capital of Spain lie?")
     assert hits

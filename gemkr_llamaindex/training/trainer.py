@@ -50,6 +50,7 @@ class TrainConfig:
     opening_share: float = 0.5  # clue_mode "mixed": the share of queries whose target is the document's opening
     decoding: dict[str, Any] | None = None
     model: dict[str, Any] = field(default_factory=dict)  # GeMKRConfig fields
+    init_from: str | None = None  # a checkpoint whose trainable weights start the run (resuming takes precedence)
     lr: float = 6e-5
     vision_lr_scale: float = 1.0  # lr multiplier for the vision side + alignment (LoRA keeps ``lr``)
     warmup_steps: int = 100
@@ -96,7 +97,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise TypeError(f"{path}: expected a mapping of training options")
         base = path.parent
-        for key in ("train_file", "kb_dir", "output_dir"):  # relative paths are relative to the YAML file
+        for key in ("train_file", "kb_dir", "output_dir", "init_from"):  # relative paths are relative to the YAML file
             if data.get(key) and not Path(data[key]).is_absolute():
                 data[key] = str(base / data[key])
         try:
@@ -358,6 +359,12 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
         trainer.load_checkpoint(ckpt)
         if verbose:
             print(f"resumed from {ckpt} at step {trainer.step}")
+    elif config.init_from:  # continue training another run's result (new data, a new schedule)
+        start = Path(config.init_from)
+        meta = GeMKRModel.read_checkpoint_config(start)
+        model.load_trainable(start / "trainable.safetensors", meta.get("base_fingerprints"))
+        if verbose:
+            print(f"trainable weights initialised from {start}")
     t0 = time.perf_counter()
     trainer.train(progress=verbose and trainer.is_main_process)
     final = Path(config.output_dir) / "final"
