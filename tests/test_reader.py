@@ -156,7 +156,11 @@ def test_query_image_goes_first_with_passages_and_hints(engine, reader, retrieve
     text = message.blocks[1].text
     assert len(response.source_nodes) == 2
     for i, node in enumerate(response.source_nodes, start=1):
-        assert f"[{i}] {node.node_id}: {node.node.get_content()[:80]}" in text
+        # Packaged passages are titled ("Cat. The cat, ..."): the title is not repeated before them.
+        content = node.node.get_content()
+        assert content.startswith(f"{node.node_id}. ")
+        assert f"[{i}] {content[:80]}" in text
+        assert f"[{i}] {node.node_id}: " not in text
     hints = dominant_colour(Image.open(cat_image))
     assert f"{HINTS_PREFIX}{hints}" in text
     assert text.rstrip().endswith(f"Question: {question}")
