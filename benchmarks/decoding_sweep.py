@@ -30,10 +30,14 @@ TRAINED = {  # name: decoding options on top of the checkpoint's own
     "prior 0.5": {"prior_weight": "0.5"},
     "anchor doc_start, prior 0": {"anchor": "doc_start", "prior_weight": "0"},
     "doc_score logsumexp": {"doc_score": "logsumexp"},
+    "prior 0.25, logsumexp": {"prior_weight": "0.25", "doc_score": "logsumexp"},
+    "prior 0.5, logsumexp": {"prior_weight": "0.5", "doc_score": "logsumexp"},
     "min_length 2": {"min_length": "2"},
     "min_length 5": {"min_length": "5"},
     "min_length 10": {"min_length": "10", "max_length": "15"},
+    "max_length 8": {"max_length": "8"},
     "10 beams in 2 groups": {"num_beams": "10", "num_groups": "2"},
+    "30 beams in 6 groups": {"num_beams": "30", "num_groups": "6"},
 }
 ZERO_SHOT = {  # zero-shot SmolLM2: the paper's setting first
     "zero-shot, paper (any, 10-15)": {"anchor": "any", "min_length": "10", "max_length": "15"},

@@ -31,8 +31,9 @@ class DecodingConfig:
     * ``diversity_penalty``: Hamming diversity between groups (subtracted per earlier-group use of a token
       at the same step). It only steers the search; reported scores are the model's log-probabilities.
     * ``anchor``: where clues may start: ``"any"`` position (the paper), ``"doc_start"`` (the first token
-      of a document: GENRE-style entity generation, since a Wikipedia-like document's first words name its
-      entity), or ``"mixed"`` (the first half of the groups anchored, the others free).
+      of a document: GENRE-style entity generation, since a titled passage, DPR's ``"{title}. {text}"``,
+      opens with its title and a Wikipedia-like document's first words name its entity), or ``"mixed"``
+      (the first half of the groups anchored, the others free).
     * ``prior_weight``: 0 ranks by the paper's clue likelihood. w > 0 ranks by a prior-calibrated score,
       ``(log p(c | query) - w log p(c | empty query)) / len ** length_penalty`` (PMI-style), which demotes
       generic openings that are likely whatever the question; it costs one batched scoring pass.
