@@ -136,8 +136,9 @@ def batches(n_examples: int, batch_size: int, seed: int, start: int = 0,
         rng = random.Random(seed + epoch)
         order = list(range(n_examples))
         rng.shuffle(order)
-        cut = [order[b * batch_size : (b + 1) * batch_size] or order[:batch_size] for b in range(per_epoch)]
-        if lengths is not None:
+        if lengths is None:
+            cut = [order[b * batch_size : (b + 1) * batch_size] or order[:batch_size] for b in range(per_epoch)]
+        else:
             span = pool * batch_size
             flat: list[int] = []
             for i in range(0, per_epoch * batch_size, span):
