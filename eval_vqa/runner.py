@@ -13,6 +13,7 @@ each build their own; the records are the same either way.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 import warnings
@@ -200,7 +201,7 @@ def _factory_options(name: str, config: RunConfig, top_k: int, queries: Sequence
 
 
 def summarize(records: list[dict], labels: Sequence[str], qids: Iterable[str]) -> dict[str, dict]:
-    """Mean of each metric per retriever label over this run's queries, plus latency and count.
+    """Mean of each metric per retriever label over this run's queries, plus latency (mean, p50, p99) and count.
 
     Records are summed in the order of ``qids`` (the query order), whatever order they were appended in
     (a resumed or a distributed run appends in another), so the means agree to the last bit.
@@ -216,6 +217,7 @@ def summarize(records: list[dict], labels: Sequence[str], qids: Iterable[str]) -
         lat = sorted(r["latency_s"] for r in recs)
         summary["latency_ms_mean"] = 1000 * sum(lat) / len(lat)
         summary["latency_ms_p50"] = 1000 * lat[len(lat) // 2]
+        summary["latency_ms_p99"] = 1000 * lat[math.ceil(0.99 * len(lat)) - 1]  # nearest rank
         for part in ("retrieval", "answer"):
             values = [r[f"{part}_latency_s"] for r in recs if f"{part}_latency_s" in r]
             if values:

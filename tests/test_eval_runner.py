@@ -12,7 +12,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from eval_vqa.cli import main
 from eval_vqa.loaders import load_dataset
 from eval_vqa.registry import RETRIEVERS, register_answerer, register_retriever
-from eval_vqa.runner import RunConfig, run_e2e, run_retrieval, select_corpus
+from eval_vqa.runner import RunConfig, read_appended_jsonl, run_e2e, run_retrieval, select_corpus
 
 FIX = Path(__file__).parent / "fixtures" / "eval_vqa"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -56,6 +56,8 @@ def test_mini_retrieval_bm25_dense_end_to_end(mini, tmp_path):
     for label in ("bm25", "dense"):
         s = res["retrievers"][label]
         assert s["n_queries"] == n
+        lat = sorted(1000 * r["latency_s"] for r in read_appended_jsonl(out / "per_query.jsonl") if r["retriever"] == label)
+        assert s["latency_ms_p50"] == lat[len(lat) // 2] and s["latency_ms_p99"] == lat[-1]  # n < 100: p99 = max
         # real signal: 80 passages, gold always inside; chance R@10 would be about 10/80
         assert s["R@10 (gold)"] > 0.5 and s["PRR@10 (substring)"] >= s["PRR@1 (substring)"]
         assert s["PRR@10 (substring)"] >= s["PRR@10 (word)"]  # substring relevance is the looser one
