@@ -137,6 +137,20 @@ def test_batched_clue_likelihood_matches_single(model):
     assert (alone < 0).all()
 
 
+def test_tree_scoring_of_shared_prefixes_matches_teacher_forcing(model):
+    """Clues that share prefixes, repeat, nest and differ in length (as beams of one search do) score
+    exactly as each scored alone in its own teacher-forced pass, whatever the number of clues per pass."""
+    first = model.prompt_embeds(["what animal is this?"], visual=_visual(model, 1, [3]))
+    g = torch.Generator().manual_seed(5)
+    stems = [torch.randint(5, 60, (5,), generator=g).tolist() for _ in range(3)]
+    many = [stem[:k] + torch.randint(5, 60, (j,), generator=g).tolist()
+            for stem in stems for k in (1, 3, 5) for j in (0, 1, 2)]
+    many += [many[4], stems[0][:2], [7]]  # a repeat, a prefix of others, a one-token clue
+    alone = torch.cat([model.clue_log_likelihood(first, [c]) for c in many])
+    for bs in (2, 7, 64):
+        torch.testing.assert_close(model.clue_log_likelihood(first, many, batch_size=bs), alone, rtol=1e-4, atol=1e-4)
+
+
 def test_a_few_optimizer_steps_lower_the_loss(llm_dir):
     model = GeMKRModel(tiny_config(llm_dir, seed=1)).train()
     visual = _visual(model, 2, [2, 0], seed=5)

@@ -253,9 +253,8 @@ class ClueGenerator:
         empty = self._empty_prompt()
         seqs = [c.token_ids + ([self.end_token_id] if c.ends_document and self.end_token_id is not None else [])
                 for c in clues]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
-            prior = shared_prompt_log_likelihood(self.llm, empty, seqs, pad).tolist()
+            prior = shared_prompt_log_likelihood(self.llm, empty, seqs, batch_size=64).tolist()
         cfg = self.config
         for c, p in zip(clues, prior):
             c.prior_logprob = p

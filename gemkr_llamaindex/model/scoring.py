@@ -1,8 +1,8 @@
 """Log-likelihood of clue tokens after a prompt (paper Eq. 1): the training loss's and the rankers' kernel.
 
 ``target_log_probs`` runs prompt + targets in one teacher-forced pass (training, and one prompt per
-clue). ``shared_prompt_log_likelihood`` runs one prompt once and reuses its key/value cache for many
-clues (ranking candidate documents for one query).
+clue). ``shared_prompt_log_likelihood`` runs one prompt once and every distinct clue prefix once on its
+key/value cache (tree attention), for many clues after one prompt (ranking, prior calibration).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def clue_log_likelihood(llm, prompt: PromptEmbeds, clue_ids: Sequence[Sequence[i
     if len(prompt) not in (1, n):
         raise ValueError(f"prompt batch {len(prompt)} must be 1 or the number of clues {n}")
     if len(prompt) == 1 and n > 1:
-        return shared_prompt_log_likelihood(llm, prompt, clue_ids, pad, batch_size)
+        return shared_prompt_log_likelihood(llm, prompt, clue_ids, batch_size)
     scores = []
     for s in range(0, n, batch_size):
         chunk = clue_ids[s : s + batch_size]
@@ -52,32 +52,64 @@ def clue_log_likelihood(llm, prompt: PromptEmbeds, clue_ids: Sequence[Sequence[i
 
 
 @torch.no_grad()
-def shared_prompt_log_likelihood(llm, prompt: PromptEmbeds, clue_ids: Sequence[Sequence[int]], pad: int,
+def shared_prompt_log_likelihood(llm, prompt: PromptEmbeds, clue_ids: Sequence[Sequence[int]],
                                  batch_size: int = 32) -> torch.Tensor:
-    """One prompt, many clues: run the prompt once and reuse its key/value cache for every chunk."""
+    """One prompt, many clues: run the prompt once, then every distinct clue prefix once (tree attention).
+
+    Beams of one search share their first tokens, so the distinct prefixes are far fewer than the clues'
+    padded tokens (measured on the development questions: ~29 against ~176 per query of 20 beams). The
+    prefixes form a trie; one pass over its nodes, each attending to the prompt and to its own ancestors
+    only, at the position it has in its clue, gives every clue's token log-probabilities exactly as a
+    padded batch would. ``batch_size`` clues (sorted, so that shared prefixes fall together) per pass."""
     if any(len(c) == 0 for c in clue_ids):
         raise ValueError("empty clue: every target needs at least one token")
     out = llm(inputs_embeds=prompt.inputs_embeds, attention_mask=prompt.attention_mask,
               position_ids=prompt.position_ids(), use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every clue's first token
     prompt_cache = output_cache(out)
-    next_pos = int(prompt.attention_mask.sum())  # position id of the first clue token
-    embed = llm.get_input_embeddings()
+    scores = torch.zeros(len(clue_ids))
+    order = sorted(range(len(clue_ids)), key=lambda i: tuple(clue_ids[i]))
+    for s in range(0, len(order), batch_size):
+        chunk = [(i, tuple(int(t) for t in clue_ids[i])) for i in order[s : s + batch_size]]
+        for i, c in chunk:
+            scores[i] = first[c[0]]
+        if any(len(c) > 1 for _, c in chunk):
+            cache = copy.deepcopy(prompt_cache) if s + batch_size < len(order) else prompt_cache
+            for (i, _), extra in zip(chunk, _tree_pass(llm, prompt, cache, [c for _, c in chunk])):
+                scores[i] += extra
+    return scores
+
+
+def _tree_pass(llm, prompt: PromptEmbeds, cache, clues: list[tuple[int, ...]]) -> list[float]:
+    """``sum_{j>=1} log F(c_j | c_<j, prompt)`` per clue, from one forward pass over the trie of the clues'
+    proper prefixes on top of the prompt's key/value cache."""
+    node: dict[tuple[int, ...], int] = {}  # proper prefix -> its index in the pass
+    for c in clues:
+        for k in range(1, len(c)):
+            node.setdefault(c[:k], len(node))
+    prefixes = list(node)
+    n = len(prefixes)
     device = prompt.inputs_embeds.device
-    scores = []
-    for s in range(0, len(clue_ids), batch_size):
-        chunk = clue_ids[s : s + batch_size]
-        tgt, tmask = right_pad(chunk, pad, device)
-        b, tlen = tgt.shape
-        score = first[tgt[:, 0]]
-        if tlen > 1:
-            cache = copy.deepcopy(prompt_cache)
-            cache.batch_repeat_interleave(b)
-            mask = torch.cat([prompt.attention_mask.expand(b, -1), tmask[:, :-1]], dim=1)
-            positions = (next_pos + torch.arange(tlen - 1, device=device)).expand(b, -1)
-            step = llm(inputs_embeds=embed(tgt[:, :-1]), attention_mask=mask, position_ids=positions, use_cache=True,
-                       **cache_kwargs(llm, cache))
-            logp = torch.log_softmax(step.logits.float(), dim=-1).gather(-1, tgt[:, 1:, None]).squeeze(-1)
-            score = score + (logp * tmask[:, 1:]).sum(1)
-        scores.append(score.float().cpu())
-    return torch.cat(scores)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for j, pre in enumerate(prefixes):
+        for k in range(1, len(pre) + 1):
+            allowed[j, node[pre[:k]]] = True  # the node itself and its ancestors
+    plen = prompt.attention_mask.shape[1]
+    keep = torch.cat([prompt.attention_mask[0].bool().cpu().expand(n, plen), allowed], dim=1)
+    dtype = prompt.inputs_embeds.dtype
+    mask = torch.zeros(1, 1, n, plen + n, dtype=dtype, device=device)
+    mask.masked_fill_(~keep.to(device)[None, None], torch.finfo(dtype).min)
+    next_pos = int(prompt.attention_mask.sum())  # position id of a clue's first token
+    tokens = torch.tensor([[pre[-1] for pre in prefixes]], device=device)
+    positions = torch.tensor([[next_pos + len(pre) - 1 for pre in prefixes]], device=device)
+    step = llm(inputs_embeds=llm.get_input_embeddings()(tokens), attention_mask=mask, position_ids=positions,
+               use_cache=True, **cache_kwargs(llm, cache))
+    logp = torch.log_softmax(step.logits[0].float(), dim=-1)  # row j predicts the token after prefix j
+    rows, cols, owner = [], [], []
+    for ci, c in enumerate(clues):
+        for k in range(1, len(c)):
+            rows.append(node[c[:k]])
+            cols.append(c[k])
+            owner.append(ci)
+    picked = logp[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].cpu()
+    return torch.zeros(len(clues)).index_add_(0, torch.tensor(owner), picked).tolist()
