@@ -361,3 +361,22 @@ def test_prior_calibrated_scores_follow_their_formula(index, tiny_llm):
         assert c.prior_logprob is not None and c.prior_logprob < 0
         assert c.score == pytest.approx((c.logprob - 0.5 * c.prior_logprob) / len(c.token_ids))
     assert [c.score for c in res.clues] == sorted((c.score for c in res.clues), reverse=True)
+
+
+def test_prior_is_the_clue_likelihood_under_the_empty_query_on_every_call(index, tiny_llm):
+    """The prior pass (tree attention over the clues' prefixes, on the empty prompt encoded once per
+    generator) gives each clue's teacher-forced log-likelihood after the empty query, call after call."""
+    from gemkr_llamaindex.model.scoring import clue_log_likelihood
+
+    llm, tok = tiny_llm
+    gen = ClueGenerator(llm=llm, tokenizer=tok, config=CFG.replace(prior_weight=0.5))
+    questions = ["Which city is the capital of France?", "What river flows through Paris?"]
+    first = gen.generate(questions, index.kb)
+    again = gen.generate(questions, index.kb)
+    empty = gen._empty_prompt()
+    for res, res2 in zip(first, again):
+        assert [c.prior_logprob for c in res.clues] == pytest.approx([c.prior_logprob for c in res2.clues], abs=1e-6)
+        for c in res.clues:
+            seq = c.token_ids + ([tok.eos_token_id] if c.ends_document else [])
+            ref = float(clue_log_likelihood(llm, empty, [seq], tok.pad_token_id or 0)[0])
+            assert c.prior_logprob == pytest.approx(ref, abs=1e-4)

@@ -84,6 +84,7 @@ class ClueGenerator:
         self._checked_kbs: set[str] = set()
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._prior_prompt: tuple[Any, Any] | None = None  # (model state, encoded empty prompt), see calibrate
 
     @property
     def config(self) -> DecodingConfig:
@@ -250,7 +251,7 @@ class ClueGenerator:
         clues = [c for r in results for c in r.clues]
         if not clues:
             return list(results)
-        empty = self._empty_prompt()
+        empty = self._encoded_empty_prompt()
         seqs = [c.token_ids + ([self.end_token_id] if c.ends_document and self.end_token_id is not None else [])
                 for c in clues]
         with torch.inference_mode():
@@ -260,6 +261,19 @@ class ClueGenerator:
             c.prior_logprob = p
             c.score = (c.logprob - cfg.prior_weight * p) / (len(c.token_ids) ** cfg.length_penalty)
         return [QueryResult.from_clues(r.clues, cfg.doc_score) for r in results]
+
+    def _encoded_empty_prompt(self):
+        """The empty query's prompt, run once per generator (the model is read-only here; the key includes
+        whether LoRA is merged, the one change a generator's model sees)."""
+        from gemkr_llamaindex.model.scoring import encode_prompt
+
+        key = getattr(self.model, "lora_merged", None)
+        cached = self._prior_prompt
+        if cached is None or cached[0] != key:
+            with torch.inference_mode():
+                cached = (key, encode_prompt(self.llm, self._empty_prompt()))
+            self._prior_prompt = cached
+        return cached[1]
 
     def _empty_prompt(self):
         from gemkr_llamaindex.model.prompt import PromptEmbeds
