@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_key(dataset, checkpoint: str | Path | None) -> str:
-    """The cached table's folder name: the mode plus a digest of the corpus and the checkpoint's weights."""
+    """The cached table's folder name: the mode plus a digest of the corpus and the checkpoint's weights and
+    decoding settings (other settings give other rows, so they never resume these)."""
     import hashlib
 
     from gemkr_llamaindex.checkpoints import corpus_fingerprint
@@ -101,6 +102,9 @@ def run_key(dataset, checkpoint: str | Path | None) -> str:
     h = hashlib.sha256(corpus_fingerprint(dataset.corpus())["sha256"].encode())
     if checkpoint:
         h.update((Path(checkpoint) / "trainable.safetensors").read_bytes())
+        decoding = Path(checkpoint) / "decoding.json"
+        if decoding.is_file():
+            h.update(decoding.read_bytes())
     return f"{'trained' if checkpoint else 'zero_shot'}-{h.hexdigest()[:12]}"
 
 
@@ -129,7 +133,7 @@ def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     print(markdown_table(tagged))
     print("\nCLIP and late-interaction baselines need real CLIP weights (none ship offline): "
           "eval-vqa retrieval --retrievers clip,li --clip-pretrained PATH")
-    print(f"reports and plots: {Path(out)}")
+    print(f"reports and plots: {Path(out)} (ms/query as measured when each row was computed; --fresh re-times)")
 
 
 if __name__ == "__main__":
