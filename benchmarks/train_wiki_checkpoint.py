@@ -62,7 +62,7 @@ def summaries_kb(llm: str):
 
 def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: int, clue_length: int,
            clue_mode: str = "mixed", llm: str = "smollm2", opening_share: float = 0.6, pictured_extra: int = 4,
-           init_from: str | None = None, seed: int = 0):
+           init_from: str | None = None, seed: int = 0, clue_keywords: str = "question"):
     from gemkr_llamaindex.training.trainer import TrainConfig
 
     kb = summaries_kb(llm)
@@ -71,7 +71,8 @@ def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: i
         corpus_queries={"named": named, "pictured": pictured, "metadata": "wiki-summaries", "wordnet": "auto",
                         "imagenet": True, "pictured_extra": pictured_extra},
         init_from=init_from,
-        clue_mode=clue_mode, opening_share=opening_share, clue_length=clue_length, clues_per_doc=1,
+        clue_mode=clue_mode, opening_share=opening_share, clue_keywords=clue_keywords, clue_length=clue_length,
+        clues_per_doc=1,
         decoding=DECODING,  # one clue per query
         model={"llm": llm, "clip_model": None, "clip_pretrained": None, "task_description": TASK,
                "lora_r": 16, "lora_alpha": 32,
@@ -138,6 +139,8 @@ def main() -> None:
                    help="more pictured queries for documents the ImageNet classifier has classes for")
     p.add_argument("--init-from", default=None, help="start from this checkpoint's trainable weights")
     p.add_argument("--seed", type=int, default=0, help="data and order (another seed: other pseudo-queries)")
+    p.add_argument("--clue-keywords", default="question", choices=["question", "question+tags"],
+                   help="the text whose keywords steer the clue sampler")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm", default="smollm2", help="the LLM to train (name, folder or .gguf); default smollm2")
     p.add_argument("--install", type=Path, default=None, help="copy this finished checkpoint into the package")
@@ -153,7 +156,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     final = train(config(args.out, args.steps, args.batch, args.lr, args.named, args.pictured, args.clue_length,
-                         args.clue_mode, args.llm, args.opening_share, args.pictured_extra, args.init_from, args.seed))
+                         args.clue_mode, args.llm, args.opening_share, args.pictured_extra, args.init_from, args.seed,
+                         args.clue_keywords))
     print(f"trained in {time.perf_counter() - t0:.0f} s -> {final}")
 
 

@@ -85,6 +85,27 @@ def test_mixed_targets_draw_openings_at_the_asked_share(tmp_path, smollm2_tokeni
         build_examples(records, ClueSampler(kb, m=1, length=5), "mixed", opening_share=1.5)
 
 
+def test_tag_keywords_steer_sampled_clues_to_the_sentence_that_holds_the_tags(tmp_path, smollm2_tokenizer):
+    from gemkr_llamaindex.training.clues import ClueSampler
+    from gemkr_llamaindex.training.data import QueryRecord, build_examples
+
+    kb = KnowledgeBase.build(DOCS, smollm2_tokenizer, tmp_path / "kb", show_progress=False)
+    second = DOCS[0][1].split(". ")[1]  # "Red squares appear on many flags and warning signs."
+    records = [QueryRecord(None, "What is this?", ("Red square",), "warning sign, street sign")] * 60
+
+    def in_second(keywords: str) -> float:
+        ex = build_examples(records, ClueSampler(kb, m=1, length=4, seed=1), "sampled", clue_keywords=keywords)
+        return sum(smollm2_tokenizer.decode(list(e.clue_ids)).strip() in second for e in ex) / len(ex)
+
+    assert in_second("question+tags") == 1.0  # only the sentence with the tags' words is kept
+    assert in_second("question") < 0.9  # no keyword in "What is this?": any sentence
+    untagged = [QueryRecord(None, "What is this?", ("Red square",))] * 5  # no tags: the question alone
+    assert build_examples(untagged, ClueSampler(kb, m=1, length=4, seed=1), "sampled", clue_keywords="question+tags") \
+        == build_examples(untagged, ClueSampler(kb, m=1, length=4, seed=1), "sampled")
+    with pytest.raises(ValueError, match="clue_keywords"):
+        build_examples(records, ClueSampler(kb, m=1, length=4), "sampled", clue_keywords="tags")
+
+
 def test_training_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"image": "a.png", "question": "q", "positive_doc_ids": ["x"]}\n{"image": "b.png", "question": "q"}\n')

@@ -121,6 +121,7 @@ def rows_from_benchmark(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, An
 
 
 CLUE_MODES = ("sampled", "doc_start", "mixed")
+CLUE_KEYWORDS = ("question", "question+tags")
 
 
 def doc_start_clue(kb: Any, doc_id: str, length: int, end_token_id: int | None) -> list[int]:
@@ -135,13 +136,19 @@ def doc_start_clue(kb: Any, doc_id: str, length: int, end_token_id: int | None) 
 
 
 def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler, clue_mode: str = "sampled",
-                   end_token_id: int | None = None, opening_share: float = 0.5) -> list[InstructionExample]:
+                   end_token_id: int | None = None, opening_share: float = 0.5,
+                   clue_keywords: str = "question") -> list[InstructionExample]:
     """Cut the clues: one example per (query, clue); unknown documents are counted in ``sampler.stats``.
 
     ``clue_mode``: ``"sampled"`` (the paper's sampler), ``"doc_start"`` (each positive document's opening,
     ``sampler.length`` tokens) or ``"mixed"`` (each query's targets are openings with probability
     ``opening_share``, drawn from the sampler's seeded generator, else sampled clues).
+    ``clue_keywords``: the text whose keywords steer the sampler, ``"question"`` (the paper) or
+    ``"question+tags"`` (the question and the query's visual tags: the whole text the LLM reads when the
+    tags stand in for the picture, so sampled clues quote the sentences that hold the tags' words).
     """
+    if clue_keywords not in CLUE_KEYWORDS:
+        raise ValueError(f"clue_keywords must be one of {CLUE_KEYWORDS}, got {clue_keywords!r}")
     if clue_mode not in CLUE_MODES:
         raise ValueError(f"clue_mode must be one of {CLUE_MODES}, got {clue_mode!r}")
     if not 0.0 <= opening_share <= 1.0:
@@ -158,7 +165,8 @@ def build_examples(records: Sequence[QueryRecord], sampler: ClueSampler, clue_mo
                     continue
                 examples.append(InstructionExample(rec, doc_id, tuple(clue)))
             continue
-        for clue in sampler.sample_many(rec.question, rec.positive_doc_ids):
+        text = f"{rec.question} {rec.tags}" if clue_keywords == "question+tags" and rec.tags else rec.question
+        for clue in sampler.sample_many(text, rec.positive_doc_ids):
             examples.append(InstructionExample(rec, clue.doc_id, tuple(clue.token_ids)))
     if not examples:
         raise TrainingDataError(

@@ -48,6 +48,7 @@ class TrainConfig:
     corpus_queries: dict[str, Any] | None = None
     clue_mode: str = "sampled"
     opening_share: float = 0.5  # clue_mode "mixed": the share of queries whose target is the document's opening
+    clue_keywords: str = "question"  # "question+tags": the tags' words steer the clue sampler too
     decoding: dict[str, Any] | None = None
     model: dict[str, Any] = field(default_factory=dict)  # GeMKRConfig fields
     init_from: str | None = None  # a checkpoint whose trainable weights start the run (resuming takes precedence)
@@ -348,7 +349,8 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
     kb.check_tokenizer(model.tokenizer)  # clues are KB token ids: the one tokenizer check
     records = training_queries(config, kb)
     sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
-    examples = build_examples(records, sampler, config.clue_mode, model.tokenizer.eos_token_id, config.opening_share)
+    examples = build_examples(records, sampler, config.clue_mode, model.tokenizer.eos_token_id, config.opening_share,
+                              config.clue_keywords)
     if verbose:
         print(f"{len(records)} queries -> {len(examples)} (query, clue) examples ({config.clue_mode} clues); "
               f"{sampler.stats.unique_share:.1%} of sampled clues map to a single document; "
