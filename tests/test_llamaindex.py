@@ -363,6 +363,29 @@ def test_prior_calibrated_scores_follow_their_formula(index, tiny_llm):
     assert [c.score for c in res.clues] == sorted((c.score for c in res.clues), reverse=True)
 
 
+def test_reranking_dumped_clues_equals_decoding_with_that_scoring(index, tiny_llm):
+    """The search does not depend on how finished clues are scored: one run's clues, ranked again under
+    another prior weight or document score (``benchmarks/rescore_clues.py``), give the documents a run
+    with those settings returns."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from rescore_clues import rerank
+
+    llm, tok = tiny_llm
+    dumped = ClueGenerator(llm=llm, tokenizer=tok, config=CFG.replace(prior_weight=0.5)).generate(QUESTIONS, index.kb)
+    rankings = set()
+    for weight in (0.0, 0.25, 1.0):
+        for doc_score in ("max", "logsumexp"):
+            cfg = CFG.replace(prior_weight=weight, doc_score=doc_score)
+            direct = ClueGenerator(llm=llm, tokenizer=tok, config=cfg).generate(QUESTIONS, index.kb)
+            for res, want in zip(dumped, direct):
+                assert rerank([c.to_dict() for c in res.clues], weight, doc_score) == [d.doc_id for d in want.docs]
+            rankings.add(tuple(tuple(d.doc_id for d in r.docs) for r in direct))
+    assert len(rankings) > 1  # the settings do reorder documents here
+
+
 def test_prior_is_the_clue_likelihood_under_the_empty_query_on_every_call(index, tiny_llm):
     """The prior pass (tree attention over the clues' prefixes, on the empty prompt encoded once per
     generator) gives each clue's teacher-forced log-likelihood after the empty query, call after call."""

@@ -21,7 +21,8 @@ class Clue:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "logprob": self.logprob, "score": self.score,
-                "doc_id": self.doc_id, "ends_document": self.ends_document, "prior_logprob": self.prior_logprob}
+                "doc_index": self.doc_index, "doc_id": self.doc_id, "ends_document": self.ends_document,
+                "prior_logprob": self.prior_logprob}
 
 
 @dataclass
