@@ -19,20 +19,22 @@ import argparse
 import json
 from pathlib import Path
 
+from gemkr_llamaindex.decoding import DecodingConfig
 from gemkr_llamaindex.decoding.results import Clue, QueryResult
 
 
 def rerank(clues: list[dict], prior_weight: float, doc_score: str, length_penalty: float = 1.0) -> list[str]:
-    """Document ids, best first, for one query's dumped clues (``Clue.to_dict()``) under one scoring rule:
-    the generator's formula, ``(logprob - w * prior) / len ** length_penalty``, ranked by its own code."""
+    """Document ids, best first, for one query's dumped clues (``Clue.to_dict()``) under one scoring rule,
+    scored and ranked by the generator's own code (:meth:`DecodingConfig.clue_score`, ``from_clues``)."""
+    cfg = DecodingConfig(prior_weight=prior_weight, length_penalty=length_penalty, doc_score=doc_score)
     scored = []
     for c in clues:
-        if prior_weight > 0 and c["prior_logprob"] is None:
-            raise ValueError("a clue without a prior: dump a run with prior_weight > 0")
-        prior = prior_weight * c["prior_logprob"] if prior_weight > 0 else 0.0
-        score = (c["logprob"] - prior) / len(c["token_ids"]) ** length_penalty
+        try:
+            score = cfg.clue_score(c["logprob"], len(c["token_ids"]), c["prior_logprob"])
+        except ValueError as e:
+            raise ValueError(f"{e}: dump a run with prior_weight > 0") from None
         scored.append(Clue(c["token_ids"], c["logprob"], score, c["doc_index"], c["doc_id"]))
-    return [d.doc_id for d in QueryResult.from_clues(scored, doc_score).docs]
+    return [d.doc_id for d in QueryResult.from_clues(scored, cfg.doc_score).docs]
 
 
 def recalls(dump: list[dict], prior_weight: float, doc_score: str, length_penalty: float = 1.0) -> tuple[float, float]:

@@ -88,6 +88,15 @@ class DecodingConfig:
             return ["doc_start"] * anchored + ["any"] * (self.num_groups - anchored)
         return [self.anchor] * self.num_groups
 
+    def clue_score(self, logprob: float, length: int, prior_logprob: float | None = None) -> float:
+        """A finished clue's ranking score: ``(log p(c | q) - w log p(c | empty query)) / len ** lp``, the
+        paper's ``log p / len ** lp`` when ``prior_weight`` is 0 (the prior is then not needed)."""
+        if self.prior_weight > 0:
+            if prior_logprob is None:
+                raise ValueError("prior_weight > 0 needs the clue's prior log-likelihood")
+            logprob = logprob - self.prior_weight * prior_logprob
+        return logprob / (length**self.length_penalty)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

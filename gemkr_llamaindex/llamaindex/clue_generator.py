@@ -259,7 +259,7 @@ class ClueGenerator:
         cfg = self.config
         for c, p in zip(clues, prior):
             c.prior_logprob = p
-            c.score = (c.logprob - cfg.prior_weight * p) / (len(c.token_ids) ** cfg.length_penalty)
+            c.score = cfg.clue_score(c.logprob, len(c.token_ids), p)
         return [QueryResult.from_clues(r.clues, cfg.doc_score) for r in results]
 
     def _encoded_empty_prompt(self):
