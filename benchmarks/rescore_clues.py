@@ -29,6 +29,8 @@ def rerank(clues: list[dict], prior_weight: float, doc_score: str, length_penalt
     cfg = DecodingConfig(prior_weight=prior_weight, length_penalty=length_penalty, doc_score=doc_score)
     scored = []
     for c in clues:
+        if "doc_index" not in c:
+            raise ValueError("the dump predates clues carrying doc_index: run clue_report.py --dump again")
         try:
             score = cfg.clue_score(c["logprob"], len(c["token_ids"]), c["prior_logprob"])
         except ValueError as e:

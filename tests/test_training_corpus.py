@@ -289,3 +289,40 @@ def test_packaged_checkpoint_is_found_by_corpus_fingerprint_and_never_a_swap_lef
     assert checkpoints.packaged_checkpoint_for(docs) == tmp_path / "wiki"
     assert checkpoints.packaged_checkpoint_for([("a", "alpha text"), ("b", "other")]) is None
     assert checkpoints.packaged_checkpoint_for(docs[:1]) is None
+
+
+def test_tag_split_counts_tags_naming_the_entity_or_a_kind_of_it(wordnet, tmp_path):
+    """``benchmarks/tag_split.py``: tags are on target when one names a gold document or WordNet files it
+    under one; the run's items are split by that rule and each side's recall is its own items' mean."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tag_split import split_table, tags_on_target
+
+    assert tags_on_target("bubble, tiger cat", ["Cat"], wordnet)  # tiger cat -> domestic cat -> cat
+    assert tags_on_target("Madrid", ["madrid"], None)  # an exact title needs no WordNet
+    assert not tags_on_target("tiger cat", ["Cat"], None)
+    assert not tags_on_target("bubble, city", ["Madrid"], wordnet)  # a hypernym of the entity is not it
+    assert not tags_on_target(None, ["Cat"], wordnet)
+    assert not tags_on_target("tiger cat", ["Cat"], wordnet, depth=1)
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"q{i}", "image": None, "question": "What is this?", "answers": ["x"],
+                                           "gold_doc_ids": [g]}) + "\n" for i, g in enumerate(["Cat", "Cat", "Madrid"])))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tags.jsonl").write_text("".join(json.dumps({"qid": q, "tags": t}) + "\n"
+                                            for q, t in [("q0", "tiger cat"), ("q1", "bubble"), ("q2", "Madrid")]))
+    hits = {("a", "q0"): (1, 1), ("a", "q1"): (0, 1), ("a", "q2"): (0, 0), ("b", "q0"): (0, 1), ("b", "q1"): (0, 0),
+            ("b", "q2"): (1, 1)}
+    (run / "per_query.jsonl").write_text("".join(
+        json.dumps({"retriever": r, "qid": q, "metrics": {"R@1 (gold)": h1, "R@10 (gold)": h10}}) + "\n"
+        for (r, q), (h1, h10) in hits.items()))
+    table = split_table(run, queries, wordnet).splitlines()
+    assert table[0] == "| retriever | tags on target (2) R@1 / R@10 | tags off target (1) R@1 / R@10 |"
+    assert table[2:] == ["| a | 50.0 / 50.0 | 0.0 / 100.0 |", "| b | 50.0 / 100.0 | 0.0 / 0.0 |"]
+    with pytest.raises(ValueError, match="pass --queries"):
+        queries.write_text(queries.read_text().splitlines()[0] + "\n")
+        split_table(run, queries, wordnet)
