@@ -291,15 +291,16 @@ def test_packaged_checkpoint_is_found_by_corpus_fingerprint_and_never_a_swap_lef
     assert checkpoints.packaged_checkpoint_for(docs[:1]) is None
 
 
-def test_tag_split_counts_tags_naming_the_entity_or_a_kind_of_it(wordnet, tmp_path):
-    """``benchmarks/tag_split.py``: tags are on target when one names a gold document or WordNet files it
-    under one; the run's items are split by that rule and each side's recall is its own items' mean."""
+def test_recall_split_by_tags_naming_the_entity_or_a_kind_of_it_and_by_question(wordnet, tmp_path):
+    """``benchmarks/recall_split.py``: tags are on target when one names a gold document or WordNet files it
+    under one, a question names its gold document when the title is in it; the run's items are split by
+    such a rule and each side's recall is its own items' mean."""
     import json
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from tag_split import split_table, tags_on_target
+    from recall_split import question_names_gold, split_table, tags_on_target
 
     assert tags_on_target("bubble, tiger cat", ["Cat"], wordnet)  # tiger cat -> domestic cat -> cat
     assert tags_on_target("Madrid", ["madrid"], None)  # an exact title needs no WordNet
@@ -307,6 +308,11 @@ def test_tag_split_counts_tags_naming_the_entity_or_a_kind_of_it(wordnet, tmp_pa
     assert not tags_on_target("bubble, city", ["Madrid"], wordnet)  # a hypernym of the entity is not it
     assert not tags_on_target(None, ["Cat"], wordnet)
     assert not tags_on_target("tiger cat", ["Cat"], wordnet, depth=1)
+    assert question_names_gold("What makes up most of the mass of galaxies?", ["Galaxy"])
+    assert question_names_gold("Where did Grace Hopper serve?", ["Grace Hopper"])
+    assert question_names_gold("How fast do rockets go?", ["Rocket (weapon)"])  # the qualifier is not asked for
+    assert not question_names_gold("Which sensory organ does the retina belong to?", ["Human eye", "Eye"])
+    assert not question_names_gold("Is a catalogue a cat?", ["Catalog"])  # whole words only
 
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps({"id": f"q{i}", "image": None, "question": "What is this?", "answers": ["x"],
@@ -323,6 +329,9 @@ def test_tag_split_counts_tags_naming_the_entity_or_a_kind_of_it(wordnet, tmp_pa
     table = split_table(run, queries, wordnet).splitlines()
     assert table[0] == "| retriever | tags on target (2) R@1 / R@10 | tags off target (1) R@1 / R@10 |"
     assert table[2:] == ["| a | 50.0 / 50.0 | 0.0 / 100.0 |", "| b | 50.0 / 100.0 | 0.0 / 0.0 |"]
+    by_question = split_table(run, queries, by="question").splitlines()  # no question names a title
+    assert by_question[0].endswith("| question names another (3) R@1 / R@10 |")
+    assert by_question[2] == "| a | - | 33.3 / 66.7 |"
     with pytest.raises(ValueError, match="pass --queries"):
         queries.write_text(queries.read_text().splitlines()[0] + "\n")
         split_table(run, queries, wordnet)
