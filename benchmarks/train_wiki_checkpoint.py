@@ -62,14 +62,14 @@ def summaries_kb(llm: str):
 
 def config(out: Path, steps: int, batch: int, lr: float, named: int, pictured: int, clue_length: int,
            clue_mode: str = "mixed", llm: str = "smollm2", opening_share: float = 0.6, pictured_extra: int = 4,
-           init_from: str | None = None, seed: int = 0, clue_keywords: str = "question"):
+           init_from: str | None = None, seed: int = 0, clue_keywords: str = "question", described: int = 0):
     from gemkr_llamaindex.training.trainer import TrainConfig
 
     kb = summaries_kb(llm)
     return TrainConfig(
         kb_dir=str(kb.path), output_dir=str(out),
         corpus_queries={"named": named, "pictured": pictured, "metadata": "wiki-summaries", "wordnet": "auto",
-                        "imagenet": True, "pictured_extra": pictured_extra},
+                        "imagenet": True, "pictured_extra": pictured_extra, "described": described},
         init_from=init_from,
         clue_mode=clue_mode, opening_share=opening_share, clue_keywords=clue_keywords, clue_length=clue_length,
         clues_per_doc=1,
@@ -141,6 +141,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="data and order (another seed: other pseudo-queries)")
     p.add_argument("--clue-keywords", default="question", choices=["question", "question+tags"],
                    help="the text whose keywords steer the clue sampler")
+    p.add_argument("--described", type=int, default=0,
+                   help="described questions per document (the entity asked for by a fact of its text)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llm", default="smollm2", help="the LLM to train (name, folder or .gguf); default smollm2")
     p.add_argument("--install", type=Path, default=None, help="copy this finished checkpoint into the package")
@@ -157,7 +159,7 @@ def main() -> None:
     t0 = time.perf_counter()
     final = train(config(args.out, args.steps, args.batch, args.lr, args.named, args.pictured, args.clue_length,
                          args.clue_mode, args.llm, args.opening_share, args.pictured_extra, args.init_from, args.seed,
-                         args.clue_keywords))
+                         args.clue_keywords, args.described))
     print(f"trained in {time.perf_counter() - t0:.0f} s -> {final}")
 
 

@@ -108,6 +108,33 @@ def test_pseudo_queries_are_well_formed_and_point_at_their_document(wordnet):
             assert not named_in or doc_id == "Moon landing"  # ("domesticated" holds "cat", not the cat)
 
 
+def test_described_questions_ask_for_the_entity_by_a_fact_of_its_text(wordnet):
+    """The entity is the asked-for span: its document's sentence with the subject (name or pronoun) turned
+    into a question word, never one that still names it; they come on top of the other kinds."""
+    ents = EntityReader(wordnet).read(_records(meta=META))
+    plain = PseudoQueryBuilder(ents, named=1, pictured=2, seed=4).all_queries()
+    assert not [q for q in plain if "#d" in q.id]  # opt-in
+    queries = PseudoQueryBuilder(ents, named=1, pictured=2, seed=4, described=3).all_queries()
+    assert len([q for q in queries if "#d" not in q.id]) == len(plain)
+    described = {}
+    for q in queries:
+        if "#d" in q.id:
+            assert q.tags is None and q.question.endswith("?")
+            described.setdefault(q.positive_doc_ids[0], []).append(q.question)
+    assert len(described["Madrid"]) == 2 and set(described["Madrid"]) <= {
+        "Which city is the capital and most populous city of Spain?",
+        "What is the capital and most populous city of Spain?",
+        "Which city lies on the River Manzanares in the central part of the Iberian Peninsula?",
+        "What lies on the River Manzanares in the central part of the Iberian Peninsula?"}
+    # "Grace Brewster Hopper was ..." does not open with a name the reader knows, "She was ..." does
+    assert described["Grace Hopper"] == ["Who was a pioneer of computer programming and helped develop COBOL in 1959?"]
+    for doc_id, questions in described.items():
+        for question in questions:
+            assert not any(re.search(rf"\b{re.escape(n)}\b", question, re.IGNORECASE) for n in ents[doc_id].names)
+    assert all(len(q.split()) <= 17 for qs in described.values() for q in qs)  # cut to 16 words of text
+    assert "Long" not in described  # its one sentence is too long to ask about
+
+
 def test_simulated_tags_say_what_a_classifier_and_ocr_would(wordnet):
     classes = [(2123159, "tiger cat"), (0, "military uniform"), (1, "soup bowl"), (2, "bobsled")]
     docs = [(d, f"{d}. {t}") for d, t in DOCS]  # DPR-style titled passages read like bare ones

@@ -1,13 +1,16 @@
 """Training queries made from the corpus alone (``gemkr train`` with ``corpus_queries``): no labelled data.
 
 Users have a corpus but rarely multimodal training queries. For each document this builds pseudo-queries
-of the two kinds a knowledge-based VQA user asks, both pointing at that document:
+of the kinds a knowledge-based VQA user asks, all pointing at that document:
 
 * **named** (text-only): the question names the entity, e.g. "What is the taxonomic family of the
   horse?" or "The horse belongs to what?";
 * **pictured**: the entity is replaced by what one would say about a picture of it ("this animal", "this
   building"; a word from a fixed list of visual kinds) and the *visual tags slot* holds what the library's
-  tagger (an ImageNet classifier plus OCR, :mod:`gemkr_llamaindex.tags`) would say about such a picture.
+  tagger (an ImageNet classifier plus OCR, :mod:`gemkr_llamaindex.tags`) would say about such a picture;
+* **described** (text-only, opt-in): the entity is what the question asks for, described by a fact of its
+  document ("Kazan is the capital of Tatarstan" -> "Which city is the capital of Tatarstan?"), so the
+  model learns to name an entity that a question only describes ("Who wrote Common Sense?").
 
 How a document is read (every step works without WordNet; WordNet, e.g. Debian's ``wordnet-base``, adds
 hypernyms, hyponyms and ImageNet's classes). A passage that opens with its title (DPR's ``"{title}. {text}"``
@@ -305,8 +308,10 @@ class PseudoQueryBuilder:
 
     def __init__(self, entities: dict[str, Entity], named: int = 2, pictured: int = 4, seed: int = 0,
                  distractor_rate: float = 0.35, no_tags_rate: float = 0.1, ocr_rate: float = 0.15,
-                 person_rate: float = 0.25, pictured_extra: int = 4, distractors: Sequence[str] | None = None) -> None:
-        """Rates of a pictured query's tags: ``distractor_rate`` a wrong class, ``no_tags_rate`` no tags at
+                 person_rate: float = 0.25, pictured_extra: int = 4, distractors: Sequence[str] | None = None,
+                 described: int = 0) -> None:
+        """``described``: that many described questions per document (fewer when its text has fewer
+        sentences with the entity as subject). Rates of a pictured query's tags: ``distractor_rate`` a wrong class, ``no_tags_rate`` no tags at
         all, ``ocr_rate`` text read off the picture (the entity's name, or other words: signs and captions
         rarely spell the answer), ``person_rate`` a word a person would use (a synonym or more specific
         kind). A document the classifier has classes for gets ``pictured_extra`` more pictured queries, one
@@ -314,7 +319,7 @@ class PseudoQueryBuilder:
         ``distractors``: the classes a tagger says by mistake (default: other documents' names; the
         ImageNet class names are the realistic choice)."""
         self.entities = entities
-        self.named, self.pictured, self.pictured_extra = named, pictured, pictured_extra
+        self.named, self.pictured, self.pictured_extra, self.described = named, pictured, pictured_extra, described
         self.distractor_rate, self.no_tags_rate = distractor_rate, no_tags_rate
         self.ocr_rate, self.person_rate = ocr_rate, person_rate
         self.rng = random.Random(seed)
@@ -333,6 +338,9 @@ class PseudoQueryBuilder:
             # Tags that say nothing about the entity leave the question to carry it: no "What is this thing?"
             question = self._question(ent, f"this {kind}", kind, specific=not telling)
             out.append(QueryRecord(None, question, (doc_id,), tags, f"{doc_id}#p{i}"))
+        if self.described:
+            for i, question in enumerate(self._described(ent, self.described)):
+                out.append(QueryRecord(None, question, (doc_id,), None, f"{doc_id}#d{i}"))
         return out
 
     def all_queries(self) -> list[QueryRecord]:
@@ -394,6 +402,34 @@ class PseudoQueryBuilder:
             cut = max(3, len(words) - self.rng.randint(1, 3))
             q = " ".join(words[:cut]) + " what"
         return _window(re.sub(r"\s+", " ", q).strip()) + "?"
+
+    def _described(self, ent: Entity, limit: int) -> list[str]:
+        """Up to ``limit`` questions asking for ``ent`` by a fact of its text: a sentence whose subject is
+        the entity (a name or a pronoun) with the subject turned into "Who" (people), "Which <kind>" or
+        "What", cut to its first words; none whose rest still names the entity."""
+        kind = ent.kinds[0]
+        out: list[str] = []
+        for sentence in self.rng.sample(ent.sentences[:6], k=min(len(ent.sentences), 6)):
+            s = sentence.rstrip(" .!?")
+            m = next((m for name in sorted(ent.names, key=len, reverse=True)
+                      if (m := re.match(rf"^(?:the |a |an )?{re.escape(name)}\b", s, re.IGNORECASE))), None)
+            m = m or re.match(r"^(?:It|He|She|They)\b", s)
+            words = s[m.end():].split() if m else []
+            if len(words) < 3 or not words[0][:1].islower() or words[0].endswith(","):
+                continue  # no predicate right after the subject, or an apposition ("Kraków, officially ...")
+            rest = " ".join(words[:16]).rstrip(",;:")
+            if any(re.search(rf"\b{re.escape(n)}\b", rest, re.IGNORECASE) for n in ent.names):
+                continue
+            if kind in ("person", "man", "woman"):
+                wh = "Who"
+            elif words[0] in ("are", "were", "have") or kind == "thing" or self.rng.random() < 0.5:
+                wh = "What"
+            else:
+                wh = f"Which {kind}"
+            out.append(f"{wh} {rest}?")
+            if len(out) >= limit:
+                break
+        return out
 
     # ---- tags ---------------------------------------------------------------------------------------
     def _tags(self, ent: Entity) -> tuple[str | None, bool]:
@@ -485,7 +521,7 @@ def load_metadata(source: str | None) -> dict[str, dict[str, str]]:
 def corpus_training_queries(kb: Any, *, named: int = 2, pictured: int = 4, wordnet: str | None = "auto",
                             metadata: str | None = None, imagenet: bool = True, seed: int = 0,
                             distractor_rate: float = 0.35, no_tags_rate: float = 0.1, ocr_rate: float = 0.15,
-                            person_rate: float = 0.25, pictured_extra: int = 4,
+                            person_rate: float = 0.25, pictured_extra: int = 4, described: int = 0,
                             limit: int | None = None) -> list[QueryRecord]:
     """Pseudo-queries for every document of ``kb`` (the first ``limit`` ones if given); see the module
     docstring. ``wordnet``: ``"auto"`` (use the installed one if any), ``"none"``, or a folder."""
@@ -501,5 +537,6 @@ def corpus_training_queries(kb: Any, *, named: int = 2, pictured: int = 4, wordn
         docs.append({"id": doc_id, "text": kb.text(i), **meta.get(doc_id, {})})
     entities = EntityReader(wn, labels).read(docs)
     builder = PseudoQueryBuilder(entities, named, pictured, seed, distractor_rate, no_tags_rate, ocr_rate,
-                                 person_rate, pictured_extra, distractors=[name for _, name in labels] or None)
+                                 person_rate, pictured_extra, distractors=[name for _, name in labels] or None,
+                                 described=described)
     return builder.all_queries()
