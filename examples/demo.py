@@ -4,8 +4,8 @@
    then cached).
 2. The GeMKR retriever: the checkpoint that ships for this KB (SmolLM2-135M + LoRA trained on
    pseudo-queries made from the summaries alone; it reads the question and the photo's visual tags,
-   ImageNet labels + OCR), with knowledge-guided constrained decoding (20 beams in 4 groups, clues of
-   3-12 tokens, half the groups anchored at document openings). ``--zero-shot`` runs the untrained
+   ImageNet labels + OCR), with knowledge-guided constrained decoding (its own settings: 30 beams in 6
+   groups, clues of 3-8 tokens, half the groups anchored at document openings). ``--zero-shot`` runs the untrained
    SmolLM2-135M-Instruct instead; ``--checkpoint DIR`` any other checkpoint.
 3. The VQA reader (SmolLM2-135M-Instruct) answers from the sentences around the top passages' clues.
 4. A few image + question queries of the shipped mini benchmark, then the retrieval table of the
