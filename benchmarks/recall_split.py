@@ -25,12 +25,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from eval_vqa.mini import MINI_PATH, load_mini_benchmark
+from eval_vqa.runner import read_appended_jsonl
 from gemkr_llamaindex.training.wordnet import WordNet, find_wordnet
 
 
@@ -63,9 +63,10 @@ def question_names_gold(question: str, gold: list[str]) -> bool:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """A run's JSONL records, read as eval-vqa reads them (a line an interruption tore is dropped)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: pass the --out folder of an eval-vqa retrieval run")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_appended_jsonl(path)
 
 
 def split_table(run: Path, queries: Path, wordnet: WordNet | None = None, depth: int = 4, by: str = "tags") -> str:
