@@ -133,6 +133,8 @@ def test_described_questions_ask_for_the_entity_by_a_fact_of_its_text(wordnet):
             assert not any(re.search(rf"\b{re.escape(n)}\b", question, re.IGNORECASE) for n in ents[doc_id].names)
     assert all(len(q.split()) <= 17 for qs in described.values() for q in qs)  # cut to 16 words of text
     assert "Long" not in described  # its one sentence is too long to ask about
+    with pytest.raises(ValueError, match="described=-1"):
+        PseudoQueryBuilder(ents, described=-1)
 
 
 def test_simulated_tags_say_what_a_classifier_and_ocr_would(wordnet):

@@ -311,13 +311,17 @@ class PseudoQueryBuilder:
                  person_rate: float = 0.25, pictured_extra: int = 4, distractors: Sequence[str] | None = None,
                  described: int = 0) -> None:
         """``described``: that many described questions per document (fewer when its text has fewer
-        sentences with the entity as subject). Rates of a pictured query's tags: ``distractor_rate`` a wrong class, ``no_tags_rate`` no tags at
-        all, ``ocr_rate`` text read off the picture (the entity's name, or other words: signs and captions
-        rarely spell the answer), ``person_rate`` a word a person would use (a synonym or more specific
+        sentences with the entity as subject). Rates of a pictured query's tags: ``distractor_rate`` a
+        wrong class, ``no_tags_rate`` no tags at all, ``ocr_rate`` text read off the picture (the entity's
+        name, or other words: signs and captions rarely spell the answer), ``person_rate`` a word a person would use (a synonym or more specific
         kind). A document the classifier has classes for gets ``pictured_extra`` more pictured queries, one
         with classes named in its text one more: photos are mostly of things a camera can show.
         ``distractors``: the classes a tagger says by mistake (default: other documents' names; the
         ImageNet class names are the realistic choice)."""
+        counts = {"named": named, "pictured": pictured, "pictured_extra": pictured_extra, "described": described}
+        negative = [k for k, v in counts.items() if v < 0]
+        if negative:
+            raise ValueError(f"query counts per document cannot be negative: {', '.join(f'{k}={counts[k]}' for k in negative)}")
         self.entities = entities
         self.named, self.pictured, self.pictured_extra, self.described = named, pictured, pictured_extra, described
         self.distractor_rate, self.no_tags_rate = distractor_rate, no_tags_rate
@@ -375,19 +379,12 @@ class PseudoQueryBuilder:
             return None
         sentence = self.rng.choice(ent.sentences[:6])
         s = sentence.rstrip(" .!?")
-        replaced = False
-        for name in sorted(ent.names, key=len, reverse=True):  # the entity as the sentence's subject
-            m = re.match(rf"^(?:the |a |an )?{re.escape(name)}\b", s, re.IGNORECASE)
-            if m:
-                s, replaced = mention + s[m.end():], True
-                break
-        if not replaced:
-            m = re.match(r"^(It|He|She|They)\b", s)
-            if not m:
-                return None
-            s = mention + s[m.end():]
+        end = _subject_end(s, ent.names)
+        if end is None:
+            return None
+        s = mention + s[end:]
         s = s[0].upper() + s[1:]
-        if hide_names and any(re.search(rf"\b{re.escape(n)}\b", s, re.IGNORECASE) for n in ent.names):
+        if hide_names and _names_any(s, ent.names):
             return None
         spans = [m for m in _NUMBER.finditer(s)] + [m for m in _CAPS.finditer(s) if m.start() > 0
                                                     and m.group().lower() not in mention.lower()]
@@ -411,14 +408,12 @@ class PseudoQueryBuilder:
         out: list[str] = []
         for sentence in self.rng.sample(ent.sentences[:6], k=min(len(ent.sentences), 6)):
             s = sentence.rstrip(" .!?")
-            m = next((m for name in sorted(ent.names, key=len, reverse=True)
-                      if (m := re.match(rf"^(?:the |a |an )?{re.escape(name)}\b", s, re.IGNORECASE))), None)
-            m = m or re.match(r"^(?:It|He|She|They)\b", s)
-            words = s[m.end():].split() if m else []
+            end = _subject_end(s, ent.names)
+            words = s[end:].split() if end is not None else []
             if len(words) < 3 or not words[0][:1].islower() or words[0].endswith(","):
                 continue  # no predicate right after the subject, or an apposition ("Kraków, officially ...")
             rest = " ".join(words[:16]).rstrip(",;:")
-            if any(re.search(rf"\b{re.escape(n)}\b", rest, re.IGNORECASE) for n in ent.names):
+            if _names_any(rest, ent.names):
                 continue
             if kind in ("person", "man", "woman"):
                 wh = "Who"
@@ -461,6 +456,22 @@ class PseudoQueryBuilder:
         if not picks or rng.random() < self.distractor_rate:
             picks.insert(rng.randrange(len(picks) + 1), rng.choice(self._distractors))
         return ", ".join(dict.fromkeys(p for p in picks if p)), telling
+
+
+def _subject_end(sentence: str, names: Sequence[str]) -> int | None:
+    """Where a sentence's subject ends when the subject is the entity: one of its ``names`` (longest first,
+    after an optional article) or a pronoun; None when the sentence opens with something else."""
+    for name in sorted(names, key=len, reverse=True):
+        m = re.match(rf"^(?:the |a |an )?{re.escape(name)}\b", sentence, re.IGNORECASE)
+        if m:
+            return m.end()
+    m = re.match(r"^(?:It|He|She|They)\b", sentence)
+    return m.end() if m else None
+
+
+def _names_any(text: str, names: Sequence[str]) -> bool:
+    """Whether ``text`` holds one of ``names`` as whole words (case-insensitive)."""
+    return any(re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE) for n in names)
 
 
 def _window(question: str, before: int = 7, after: int = 4, head: int = 4) -> str:
