@@ -10,6 +10,7 @@ matches the documents whose last tokens are the clue (anchored and ended: the wh
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,3 +103,35 @@ class ReferenceKB:
 
     def short_docs(self, n: int) -> int:
         return sum(1 for d in self.docs if len(d) < n)
+
+
+# ---------------------------------------------------------------------- random corpora of token ids
+def random_corpus(seed: int, n_docs: int = 30, vocab: int = 12, length: tuple[int, int] = (3, 20)) -> list[list[int]]:
+    """Seeded documents over a small vocabulary: many repeated n-grams, some in several documents."""
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randint(*length))] for _ in range(n_docs)]
+
+
+def occurring_ngrams(docs: list[list[int]], rng: random.Random, n: int) -> list[tuple[int, ...]]:
+    """``n`` n-grams of 1-4 tokens cut from the documents, plus two that most likely occur nowhere."""
+    out = []
+    for _ in range(n):
+        d = docs[rng.randrange(len(docs))]
+        a = rng.randrange(len(d))
+        out.append(tuple(d[a : a + rng.randint(1, 4)]))
+    out += [(0, 1, 2, 3, 4, 5, 6), (11, 11, 11, 11, 11)]
+    return out
+
+
+def build_random_kb(directory, sharded: bool):
+    """A KB (one shard, or several) over ``random_corpus(7)`` with a 12-word tokenizer, and its documents."""
+    from conftest import as_text, word_tokenizer
+
+    from gemkr_llamaindex.kb import KnowledgeBase
+
+    docs = random_corpus(7)
+    pairs = [(f"d{i}", as_text(d)) for i, d in enumerate(docs)]
+    shard_tokens = sum(map(len, docs)) // 3 + 1 if sharded else None
+    kb = KnowledgeBase.build(pairs, word_tokenizer(12), directory / "kb", show_progress=False, shard_tokens=shard_tokens)
+    assert (kb.num_shards > 1) == sharded
+    return kb, docs

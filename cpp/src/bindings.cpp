@@ -276,6 +276,39 @@ PYBIND11_MODULE(_fmindex, m) {
              return to_numpy(std::move(out));
            })
       .def(
+          "search_many",
+          [](const ShardSet& s, I64Array ids, I64Array offsets, bool anchored) {
+            if (ids.ndim() != 1 || offsets.ndim() != 1 || offsets.shape(0) < 1)
+              throw py::value_error("search_many takes 1-D ids and 1-D offsets with at least one entry");
+            const int64_t B = offsets.shape(0) - 1;
+            const int64_t* off = offsets.data();
+            if (off[0] != 0 || off[B] != ids.shape(0))
+              throw py::value_error("offsets must start at 0 and end at len(ids)");
+            for (int64_t b = 0; b < B; ++b)
+              if (off[b + 1] < off[b]) throw py::value_error("offsets must be non-decreasing");
+            auto out = new_states(B, s.n_shards());
+            int64_t* p = out.mutable_data();
+            py::gil_scoped_release release;
+            s.search_many(ids.data(), off, B, p, anchored);
+            return out;
+          },
+          py::arg("ids"), py::arg("offsets"), py::arg("anchored") = false,
+          "States of many prefixes given CSR style (ids, offsets): one call for a batch of n-grams.")
+      .def(
+          "docs_many",
+          [](const ShardSet& s, I64Array states, int64_t max_count) {
+            const int64_t B = check_states(s, states);
+            std::vector<int64_t> offsets, docs;
+            {
+              py::gil_scoped_release release;
+              s.docs_many(states.data(), B, max_count, offsets, docs);
+            }
+            return py::make_tuple(to_numpy(std::move(offsets)), to_numpy(std::move(docs)));
+          },
+          py::arg("states"), py::arg("max_count"),
+          "Distinct documents of many states, CSR (offsets, docs); states with more than max_count "
+          "occurrences get an empty list.")
+      .def(
           "next_tokens",
           [](const ShardSet& s, I64Array states, bool with_end) {
             const int64_t B = check_states(s, states);

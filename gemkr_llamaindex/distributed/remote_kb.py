@@ -95,6 +95,13 @@ class ShardGroupServer:
     def docs(self, states: np.ndarray) -> np.ndarray:
         return self._docs(self._set.docs(states))
 
+    def search_many(self, ids: np.ndarray, offsets: np.ndarray, anchored: bool) -> np.ndarray:
+        return self._set.search_many(ids, offsets, anchored)
+
+    def docs_many(self, states: np.ndarray, max_count: int) -> tuple[np.ndarray, np.ndarray]:
+        offsets, docs = self._set.docs_many(states, max_count)
+        return offsets, self._docs(docs)
+
     def step(self, states: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out, counts, unique = self._set.step(states, tokens)
         return out, counts, self._unique(unique)
@@ -216,6 +223,23 @@ class RemoteShardSet:
 
     def docs(self, states: np.ndarray) -> np.ndarray:
         return np.concatenate(self._call_split("docs", states))
+
+    def search_many(self, ids: np.ndarray, offsets: np.ndarray, anchored: bool = False) -> np.ndarray:
+        parts = self._call("search_many", np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64),
+                           bool(anchored))
+        return np.concatenate(parts, axis=1)
+
+    def docs_many(self, states: np.ndarray, max_count: int) -> tuple[np.ndarray, np.ndarray]:
+        # the cap applies to the total count, so states over it are emptied before the fan-out
+        states = np.array(states, dtype=np.int64)
+        counts = self.counts(states)
+        states[(counts > max_count) | (counts == 0)] = 0
+        parts = self._call_split("docs_many", states, np.iinfo(np.int64).max)
+        lists = [[d[o[b]:o[b + 1]] for b in range(len(states))] for o, d in parts]
+        per_state = [np.concatenate([lst[b] for lst in lists]) for b in range(len(states))]  # groups in doc order
+        offsets = np.zeros(len(states) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in per_state])
+        return offsets, (np.concatenate(per_state) if per_state else np.zeros(0, dtype=np.int64)).astype(np.int64)
 
     def step(self, states: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = self._call_split("step", states, np.asarray(tokens, dtype=np.int64))

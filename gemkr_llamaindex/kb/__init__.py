@@ -8,13 +8,14 @@ from gemkr_llamaindex.kb.errors import (
     KBError,
     TokenizerMismatchError,
 )
-from gemkr_llamaindex.kb.knowledge_base import ANCHORS, END, Children, KnowledgeBase, StepResult
+from gemkr_llamaindex.kb.knowledge_base import ANCHORS, END, Children, KnowledgeBase, NgramLookup, StepResult
 from gemkr_llamaindex.kb.tokenization import Normalization
 
 __all__ = [
     "KnowledgeBase",
     "Children",
     "StepResult",
+    "NgramLookup",
     "END",
     "ANCHORS",
     "Normalization",

@@ -84,6 +84,18 @@ class StepResult:
     unique: np.ndarray  # (B,) int64: KB position of the one document holding every occurrence, or -1
 
 
+@dataclass(frozen=True)
+class NgramLookup:
+    """What :meth:`KnowledgeBase.lookup_ngrams` returns for a batch of B n-grams."""
+
+    counts: np.ndarray  # (B,) int64: occurrences in the KB
+    offsets: np.ndarray  # (B + 1,) int64: n-gram b's documents are docs[offsets[b]:offsets[b + 1]]
+    docs: np.ndarray  # int64 KB positions, increasing within an n-gram; empty where count is 0 or over the cap
+
+    def docs_of(self, b: int) -> np.ndarray:
+        return self.docs[int(self.offsets[b]) : int(self.offsets[b + 1])]
+
+
 class KnowledgeBase:
     """A static, memory-mapped KB over LLM-tokenized documents. Build with :meth:`build`, open with :meth:`open`.
 
@@ -448,6 +460,33 @@ class KnowledgeBase:
         """ValidDistinct: the document id if every occurrence lies in one document, else None."""
         i = self.unique_doc_index(ids)
         return None if i < 0 else self._ids[i]
+
+    def ngram_counts(self, ngrams: Sequence[Sequence[int]]) -> np.ndarray:
+        """Occurrences of many n-grams, (B,) int64, in one native call; equals :meth:`count` per n-gram."""
+        return self.counts(self._ngram_states(ngrams))
+
+    def _ngram_states(self, ngrams: Sequence[Sequence[int]]) -> np.ndarray:
+        lengths = np.fromiter((len(n) for n in ngrams), dtype=np.int64, count=len(ngrams))
+        if (lengths == 0).any():
+            raise ValueError(f"n-gram {int(np.flatnonzero(lengths == 0)[0])} is empty")
+        offsets = np.zeros(len(ngrams) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = [int(t) for n in ngrams for t in n]
+        ids = self._ids_array(flat) if flat else np.zeros(0, dtype=np.int64)
+        return self._index.search_many(ids, offsets, False)
+
+    def lookup_ngrams(self, ngrams: Sequence[Sequence[int]], max_count: int | None = None) -> NgramLookup:
+        """Counts and containing documents of many n-grams in two native calls (evidence scoring).
+
+        Documents are listed for n-grams that occur at least once and at most ``max_count`` times
+        (every occurring n-gram when None); locating costs one short LF walk per occurrence, which is why
+        frequent n-grams are skipped. Equals :meth:`count` and :meth:`doc_indices` per n-gram.
+        """
+        states = self._ngram_states(ngrams)
+        counts = self.counts(states)
+        cap = int(counts.max(initial=0)) if max_count is None else int(max_count)
+        doc_offsets, docs = self._index.docs_many(states, cap)
+        return NgramLookup(counts, doc_offsets, docs)
 
     # ------------------------------------------------------------------ stateful API (decoding)
     @staticmethod

@@ -212,6 +212,33 @@ class ShardSet {
     return out;  // shards hold increasing doc numbers, so the concatenation stays sorted
   }
 
+  // Many prefixes at once: n-gram b is ids[offsets[b] : offsets[b + 1]]; its state goes to
+  // states[b * S * 2 ...]. Equals search() per n-gram.
+  void search_many(const int64_t* ids, const int64_t* offsets, int64_t B, int64_t* states,
+                   bool anchored = false) const {
+    const size_t S = shards_.size();
+    for (int64_t b = 0; b < B; ++b) search(ids + offsets[b], offsets[b + 1] - offsets[b], states + b * S * 2, anchored);
+  }
+
+  // The distinct documents of many states, CSR style (offsets has B + 1 entries), each list sorted.
+  // A state with more than `max_count` occurrences gets an empty list (its documents are not located:
+  // locating costs one LF walk per occurrence). Equals docs() per state otherwise.
+  void docs_many(const int64_t* states, int64_t B, int64_t max_count, std::vector<int64_t>& offsets,
+                 std::vector<int64_t>& out) const {
+    const size_t S = shards_.size();
+    offsets.assign(1, 0);
+    std::vector<int64_t> count(1);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t* st = states + b * S * 2;
+      counts(st, 1, count.data());
+      if (count[0] > 0 && count[0] <= max_count) {
+        const std::vector<int64_t> d = docs(st);
+        out.insert(out.end(), d.begin(), d.end());
+      }
+      offsets.push_back(int64_t(out.size()));
+    }
+  }
+
   // Continuations of each state: kEnd first where some occurrence ends a document, then tokens in
   // increasing order, with occurrence counts, child states and (if asked) the children's unique docs.
   void children(const int64_t* states, int64_t B, ChildrenResult& res, bool with_unique = true) const {
