@@ -77,6 +77,7 @@ class _Beam:
     row: int  # row of this beam in the backend's latest output
     state: np.ndarray  # KB state of the clue so far, shape (S, 2)
     count: int  # occurrences of the clue so far
+    cum: tuple[float, ...] = ()  # model log-probability of each prefix of ``tokens`` (evidence scoring)
 
 
 @dataclass
@@ -118,9 +119,10 @@ class ConstrainedBeamSearch:
 
     def __call__(self, backend: LogProbBackend, prompts: Any, num_queries: int, kb: Any, *,
                  decode: Callable[[Sequence[int]], str] | None = None, end_token_id: int | None = None,
-                 stats: SearchStats | None = None) -> list[QueryResult]:
+                 stats: SearchStats | None = None, keep_history: bool = False) -> list[QueryResult]:
         """Clues and ranked documents for each of ``num_queries`` prompts. ``end_token_id`` (the model's
-        EOS) lets a clue end at a document's end; ``stats`` (optional) receives this call's timings."""
+        EOS) lets a clue end at a document's end; ``stats`` (optional) receives this call's timings;
+        ``keep_history`` records every n-gram a live beam held (``QueryResult.visited``)."""
         cfg = self.config
         st = stats if stats is not None else SearchStats()
         t0 = time.perf_counter()
@@ -143,6 +145,7 @@ class ConstrainedBeamSearch:
                        roots[anchors[g]], root_counts[anchors[g]])
                  for q in range(num_queries) for g in range(cfg.num_groups)]
         finished: list[list[Clue]] = [[] for _ in range(num_queries)]
+        visited: list[dict[tuple[int, ...], float]] | None = [{} for _ in range(num_queries)] if keep_history else None
 
         for step in range(cfg.max_length):
             st.steps += 1
@@ -174,10 +177,14 @@ class ConstrainedBeamSearch:
                                 finished[q].append(Clue(
                                     toks, c.logprob, c.logprob / (len(toks) ** cfg.length_penalty), c.unique,
                                     kb.doc_id(c.unique), decode(toks) if decode else "", ends_document=c.token == END,
+                                    prefix_logprobs=[*c.beam.cum] + ([] if c.token == END else [c.logprob]),
                                 ))
                             continue
-                        next_beams.append(_Beam(q, g, (*c.beam.tokens, c.token), c.total, c.logprob, c.beam.row,
-                                                c.state, c.count))
+                        beam = _Beam(q, g, (*c.beam.tokens, c.token), c.total, c.logprob, c.beam.row, c.state, c.count,
+                                     (*c.beam.cum, c.logprob))
+                        next_beams.append(beam)
+                        if visited is not None:
+                            visited[q][beam.tokens] = beam.logprob
                         live += 1
                         if live == cfg.group_size:
                             break
@@ -198,7 +205,8 @@ class ConstrainedBeamSearch:
                 b.row = i
             beams = next_beams
         st.total += time.perf_counter() - t0
-        return [QueryResult.from_clues(c, cfg.doc_score) for c in finished]
+        return [QueryResult.from_clues(c, cfg.doc_score, visited[q] if visited is not None else None)
+                for q, c in enumerate(finished)]
 
     # ------------------------------------------------------------------ KB calls
     @staticmethod

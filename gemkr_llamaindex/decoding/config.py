@@ -13,6 +13,15 @@ from typing import Any
 
 CONSTRAINT_MODES = ("topk", "mask")
 DOC_SCORES = ("max", "logsumexp")
+EVIDENCE_SOURCES = ("clues", "beams", "query", "unigrams")  # see gemkr_llamaindex.decoding.evidence
+#: Named ways to rank, applied over a config by :meth:`DecodingConfig.with_scoring`: the paper's clue
+#: scoring; SEAL's published aggregation (alpha 2, beta 0.8, every n-gram at full weight) over the search's
+#: clues and the query's n-grams; and the fast mode, the query's n-grams alone (no beam search).
+SCORINGS: dict[str, dict[str, Any]] = {
+    "paper": {"evidence": ""},
+    "seal": {"evidence": "clues,query", "evidence_alpha": 2.0, "evidence_beta": 0.8, "evidence_generated_weight": 1.0},
+    "fast": {"evidence": "query"},
+}
 ANCHOR_MODES = ("any", "doc_start", "mixed")
 
 
@@ -36,7 +45,8 @@ class DecodingConfig:
       (the first half of the groups anchored, the others free).
     * ``prior_weight``: 0 ranks by the paper's clue likelihood. w > 0 ranks by a prior-calibrated score,
       ``(log p(c | query) - w log p(c | empty query)) / len ** length_penalty`` (PMI-style), which demotes
-      generic openings that are likely whatever the question; it costs one batched scoring pass.
+      generic openings that are likely whatever the question; it costs one batched scoring pass (skipped
+      under evidence scoring, which ranks by n-gram weights instead).
     * ``constraint``: ``"topk"`` checks the model's best tokens against the KB in descending order until
       each beam has the 2 x group-size allowed tokens beam search can use (exact, and cheap when a prefix
       has thousands of continuations); ``"mask"`` lists every continuation and masks the vocabulary.
@@ -44,6 +54,14 @@ class DecodingConfig:
       mode a beam whose prefix occurs at most ``enumerate_below`` times (so has few continuations), or
       whose best ``topk_candidates`` tokens hold too few allowed ones, has its continuations listed.
     * ``doc_score``: a document's score is its best clue's (``"max"``) or the log-sum-exp over its clues.
+    * ``evidence``: ``""`` ranks documents by their clues as above (the paper). A comma-separated list of
+      sources (``clues``, ``beams``, ``query``, ``unigrams``) ranks them by the summed weight of every
+      LM-scored n-gram they contain instead (SEAL-style; :mod:`gemkr_llamaindex.decoding.evidence`), with
+      ``evidence_alpha``, ``evidence_beta``, ``evidence_smoothing`` and ``evidence_max_count`` as there;
+      ``evidence_generated_weight`` multiplies the weights of n-grams the model generated (``clues``,
+      ``beams``) against the query's own; ``evidence_unigram_top`` first tokens are scored for
+      ``unigrams``; ``evidence_whole_words`` keeps only generated n-grams that end where a word ends.
+      Without ``clues``/``beams`` no beam search runs.
     """
 
     num_beams: int = 20
@@ -60,6 +78,14 @@ class DecodingConfig:
     topk_candidates: int = 64
     enumerate_below: int = 256
     doc_score: str = "max"
+    evidence: str = ""
+    evidence_alpha: float = 2.0
+    evidence_beta: float = 0.8
+    evidence_smoothing: float = 5.0
+    evidence_max_count: int = 1500
+    evidence_generated_weight: float = 1.0
+    evidence_unigram_top: int = 1000
+    evidence_whole_words: bool = True
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.num_groups < 1 or self.num_beams % self.num_groups:
@@ -76,6 +102,23 @@ class DecodingConfig:
             raise ValueError("topk_candidates must be >= 1 and enumerate_below >= 0")
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
+        unknown = [s for s in self.evidence_sources if s not in EVIDENCE_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown evidence source(s) {unknown}; valid: {list(EVIDENCE_SOURCES)} (comma-separated)")
+        if self.evidence_alpha <= 0 or not 0 <= self.evidence_beta <= 1 or self.evidence_smoothing <= 0:
+            raise ValueError("need evidence_alpha > 0, 0 <= evidence_beta <= 1 and evidence_smoothing > 0")
+        if self.evidence_max_count < 1 or self.evidence_unigram_top < 1 or self.evidence_generated_weight < 0:
+            raise ValueError("need evidence_max_count >= 1, evidence_unigram_top >= 1, evidence_generated_weight >= 0")
+
+    @property
+    def evidence_sources(self) -> tuple[str, ...]:
+        """The evidence sources in use (empty: the paper's clue scoring)."""
+        return tuple(dict.fromkeys(s.strip() for s in self.evidence.split(",") if s.strip()))
+
+    @property
+    def runs_search(self) -> bool:
+        """Whether ranking needs the constrained beam search (clue scoring, or generated evidence)."""
+        return not self.evidence_sources or any(s in ("clues", "beams") for s in self.evidence_sources)
 
     @property
     def group_size(self) -> int:
@@ -96,6 +139,12 @@ class DecodingConfig:
                 raise ValueError("prior_weight > 0 needs the clue's prior log-likelihood")
             logprob = logprob - self.prior_weight * prior_logprob
         return logprob / (length**self.length_penalty)
+
+    def with_scoring(self, name: str) -> DecodingConfig:
+        """This config ranked the :data:`SCORINGS` way ``name`` (``"paper"``, ``"seal"``, ``"fast"``)."""
+        if name not in SCORINGS:
+            raise ValueError(f"unknown scoring {name!r}; valid: {sorted(SCORINGS)}")
+        return self.replace(**SCORINGS[name])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

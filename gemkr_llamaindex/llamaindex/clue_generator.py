@@ -26,7 +26,16 @@ from typing import Any
 import torch
 from llama_index.core.schema import QueryBundle
 
-from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts, QueryResult, SearchStats
+from gemkr_llamaindex.decoding import (
+    ConstrainedBeamSearch,
+    DecodingConfig,
+    DocumentHit,
+    HFBackend,
+    Prompts,
+    QueryResult,
+    SearchStats,
+)
+from gemkr_llamaindex.decoding.evidence import Ngram
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 ZERO_SHOT_SYSTEM = (
@@ -85,6 +94,7 @@ class ClueGenerator:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._prior_prompt: tuple[Any, Any] | None = None  # (model state, encoded empty prompt), see calibrate
+        self._word_starts = None
 
     @property
     def config(self) -> DecodingConfig:
@@ -211,9 +221,10 @@ class ClueGenerator:
             questions.append(self._fit(q, i))
         return bundles, questions
 
-    def validate(self, queries: Sequence[VQAQueryBundle | QueryBundle | str]) -> None:
-        """Raise the error :meth:`generate` would raise for these queries, without any model work."""
-        self._prepare(queries)
+    def validate(self, queries: Sequence[VQAQueryBundle | QueryBundle | str]) -> list[str]:
+        """Raise the error :meth:`generate` would raise for these queries, without any model work; return
+        the questions as they will be read (cut to fit the context under ``on_long_prompt="truncate"``)."""
+        return self._prepare(queries)[1]
 
     def _warn_once(self, key: str, message: str) -> None:
         with self._lock:
@@ -231,17 +242,126 @@ class ClueGenerator:
         """
         self.check_kb(kb)
         bundles, questions = self._prepare(queries)
+        cfg = self.config
         out: list[QueryResult] = []
         for i in range(0, len(bundles), self.batch_size):
             chunk, qs = bundles[i : i + self.batch_size], questions[i : i + self.batch_size]
-            prompts = self._text_prompts(qs, [q.tags for q in chunk]) if self.zero_shot else self._gemkr_prompts(chunk, qs)
-            backend = self.backend(kb, self.end_token_id) if self.backend is not None else HFBackend(self.llm)
-            results = self.search(backend, prompts, len(chunk), kb, decode=kb.decode, end_token_id=self.end_token_id,
-                                  stats=stats)
-            if self.config.prior_weight > 0:
-                results = self.calibrate(results)
+            prompts = self.build_prompts(chunk, qs)
+            if cfg.runs_search:
+                results = self.search_clues(prompts, len(chunk), kb, stats, keep_history="beams" in cfg.evidence_sources)
+            else:
+                results = [QueryResult([], []) for _ in chunk]
+            if cfg.evidence_sources:
+                results = [self.score_evidence(prompts, j, qs[j], q.tags, r, kb) for j, (q, r) in enumerate(zip(chunk, results))]
             out.extend(results)
         return out
+
+    def build_prompts(self, bundles: Sequence[VQAQueryBundle], questions: Sequence[str]) -> Prompts:
+        """The batch's prompts (``questions``: the bundles' questions as :meth:`validate` fitted them)."""
+        if self.zero_shot:
+            return self._text_prompts(questions, [q.tags for q in bundles])
+        return self._gemkr_prompts(bundles, questions)
+
+    def search_clues(self, prompts: Prompts, num_queries: int, kb: Any, stats: SearchStats | None = None,
+                     keep_history: bool = False) -> list[QueryResult]:
+        """The constrained search's clues and documents (prior-calibrated when the config says so and the
+        clues rank the documents, i.e. without evidence scoring)."""
+        backend = self.backend(kb, self.end_token_id) if self.backend is not None else HFBackend(self.llm)
+        results = self.search(backend, prompts, num_queries, kb, decode=kb.decode, end_token_id=self.end_token_id,
+                              stats=stats, keep_history=keep_history)
+        cfg = self.config
+        return self.calibrate(results) if cfg.prior_weight > 0 and not cfg.evidence_sources else results
+
+    # ------------------------------------------------------------------ evidence scoring
+    def evidence_ngrams(self, prompts: Prompts, row: int, question: str, tags: str | None, result: QueryResult,
+                        kb: Any, sources: Sequence[str] | None = None, max_count: int | None = None
+                        ) -> tuple[list[Ngram], Any]:
+        """Every candidate n-gram of one query with ``log P(n | q)``, and the KB's lookup of them.
+
+        The search already holds the log-likelihood of what it generated; the query's n-grams are scored
+        under the query's prompt in one pass (the prompt once, then each distinct n-gram prefix once), and
+        only those that occur in the KB at most ``max_count`` times. ``sources`` and ``max_count``
+        default to the config's (benchmarks ask for more, to sweep settings offline)."""
+        from gemkr_llamaindex.decoding.evidence import clue_prefixes, query_ngrams, top_unigrams, visited_ngrams
+        from gemkr_llamaindex.model.scoring import encode_prompt, shared_prompt_log_likelihood
+
+        cfg = self.config
+        sources = cfg.evidence_sources if sources is None else tuple(sources)
+        max_count = cfg.evidence_max_count if max_count is None else int(max_count)
+        starts = self.word_starts if cfg.evidence_whole_words else None
+        generated: dict[tuple[int, ...], Ngram] = {}
+        if "clues" in sources:
+            for c in result.clues:
+                for toks, lp in clue_prefixes(c.token_ids, c.prefix_logprobs, starts):
+                    generated.setdefault(toks, Ngram(toks, lp, "clues"))
+        if "beams" in sources and result.visited:
+            for toks, lp in visited_ngrams(result.visited, starts):
+                generated.setdefault(toks, Ngram(toks, lp, "beams"))
+        scored: list[Ngram] = list(generated.values())
+        asked: list[tuple[str, tuple[int, ...]]] = []
+        if "query" in sources:  # one the model generated too keeps its log-likelihood and counts under both
+            for t, ids in query_ngrams(question, tags, kb.encode_batch):
+                if ids in generated:
+                    scored.append(Ngram(ids, generated[ids].logprob, "query", t))
+                else:
+                    asked.append((t, ids))
+        first = None
+        if asked or "unigrams" in sources:
+            with torch.inference_mode():
+                enc = encode_prompt(self.llm, self._prompt_row(prompts, row))
+            first = enc.first
+        if asked:
+            counts = kb.ngram_counts([ids for _, ids in asked]).tolist()
+            keep = [a for a, n in zip(asked, counts) if 0 < n <= max_count]
+            if keep:
+                with torch.inference_mode():
+                    lps = shared_prompt_log_likelihood(self.llm, enc, [ids for _, ids in keep], batch_size=256).tolist()
+                scored += [Ngram(ids, lp, "query", t) for (t, ids), lp in zip(keep, lps)]
+        if "unigrams" in sources:
+            have = {n.token_ids for n in scored}
+            scored += [Ngram((t,), lp, "unigrams") for t, lp in top_unigrams(first.cpu().numpy(), cfg.evidence_unigram_top)
+                       if (t,) not in have]
+        lookup = kb.lookup_ngrams([n.token_ids for n in scored], max_count=max_count)
+        for n in scored:
+            if not n.text:
+                n.text = kb.decode(n.token_ids)
+        return scored, lookup
+
+    @property
+    def word_starts(self):
+        """(vocab,) bool: which tokens begin a word (:func:`~gemkr_llamaindex.decoding.evidence.word_start_mask`)."""
+        if self._word_starts is None:
+            from gemkr_llamaindex.decoding.evidence import word_start_mask
+
+            self._word_starts = word_start_mask(self.tokenizer)
+        return self._word_starts
+
+    def score_evidence(self, prompts: Prompts, row: int, question: str, tags: str | None, result: QueryResult,
+                       kb: Any) -> QueryResult:
+        """``result`` re-ranked by evidence (:mod:`gemkr_llamaindex.decoding.evidence`); clues stay attached."""
+        from gemkr_llamaindex.decoding.evidence import GENERATED, aggregate
+
+        cfg = self.config
+        ngrams, lookup = self.evidence_ngrams(prompts, row, question, tags, result, kb)
+        docs = [lookup.docs_of(i) for i in range(len(ngrams))]
+        weights = {s: cfg.evidence_generated_weight for s in GENERATED}
+        evidence = aggregate(ngrams, lookup.counts, docs, kb.num_tokens, alpha=cfg.evidence_alpha,
+                             beta=cfg.evidence_beta, smoothing=cfg.evidence_smoothing,
+                             max_count=cfg.evidence_max_count, source_weights=weights)
+        clue_hits = {h.doc_index: h for h in result.docs}
+        hits = [DocumentHit(d, kb.doc_id(d), ev.score, clue_hits[d].clues if d in clue_hits else [], ev.items)
+                for d, ev in evidence.items()]
+        hits.sort(key=lambda h: (-h.score, h.doc_index))
+        return QueryResult(result.clues, hits, result.visited)
+
+    def _prompt_row(self, prompts: Prompts, row: int):
+        """One query's prompt of a batch as embeddings (a zero-shot prompt's ids embedded)."""
+        from gemkr_llamaindex.model.prompt import PromptEmbeds
+
+        mask = prompts.attention_mask[row : row + 1].to(self.llm.device)
+        if prompts.inputs_embeds is not None:
+            return PromptEmbeds(prompts.inputs_embeds[row : row + 1], mask)
+        return PromptEmbeds(self.llm.get_input_embeddings()(prompts.input_ids[row : row + 1].to(self.llm.device)), mask)
 
     # ------------------------------------------------------------------ prior calibration
     def calibrate(self, results: Sequence[QueryResult]) -> list[QueryResult]:
@@ -260,7 +380,7 @@ class ClueGenerator:
         for c, p in zip(clues, prior):
             c.prior_logprob = p
             c.score = cfg.clue_score(c.logprob, len(c.token_ids), p)
-        return [QueryResult.from_clues(r.clues, cfg.doc_score) for r in results]
+        return [QueryResult.from_clues(r.clues, cfg.doc_score, r.visited) for r in results]
 
     def _encoded_empty_prompt(self):
         """The empty query's prompt, run once per generator (the model is read-only here; the key includes

@@ -17,6 +17,7 @@ from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 CLUES_KEY = "clues"
+EVIDENCE_KEY = "evidence"
 
 
 class GeMKRRetriever(BaseRetriever):
@@ -32,9 +33,10 @@ class GeMKRRetriever(BaseRetriever):
     This is the one place where a generator meets a KB: the generator's tokenizer is checked against
     ``kb`` here, and every query decodes against ``kb``.
 
-    Scores are length-normalised log-likelihoods, i.e. negative numbers: LlamaIndex's
-    ``SimilarityPostprocessor`` (whose cutoff is a similarity, default None/0) would drop every hit at a
-    cutoff of 0 — use a negative cutoff such as ``similarity_cutoff=-2.0``, or rank-based postprocessors.
+    What a score is depends on the generator's scoring: under the paper's clue scoring, a length-normalised
+    (and, with ``prior_weight``, prior-calibrated) clue log-likelihood, negative or small; under evidence
+    scoring (``DecodingConfig.evidence``), the sum of the n-gram weights the document collected, >= 0, and
+    ``node.metadata["evidence"]`` lists those n-grams (text, source, weight, contribution, KB count).
 
     ``tagger`` (optional): any image input -> hint string (``gemkr_llamaindex.tags.hint_tagger()``); it
     fills the visual-tags slot when a query brings no tags of its own.
@@ -110,9 +112,12 @@ class GeMKRRetriever(BaseRetriever):
             node.metadata[CLUES_KEY] = [
                 {"text": c.text, "score": round(c.score, 6), "logprob": round(c.logprob, 6)} for c in doc.clues
             ]
+            keys_added = [CLUES_KEY]
+            if doc.evidence:  # evidence scoring: the n-grams that scored the document, largest share first
+                node.metadata[EVIDENCE_KEY] = [e.to_dict() for e in sorted(doc.evidence, key=lambda e: -e.contribution)]
+                keys_added.append(EVIDENCE_KEY)
             for keys in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
-                if CLUES_KEY not in keys:
-                    keys.append(CLUES_KEY)
+                keys.extend(k for k in keys_added if k not in keys)
             hits.append(NodeWithScore(node=node, score=float(doc.score)))
         return hits
 
