@@ -5,7 +5,8 @@ summaries, the checkpoint that ships with the library (trained on pseudo-queries
 alone), else zero-shot ``--option llm=NAME`` (default the packaged SmolLM2). ``--option zero_shot=1``
 forces the zero-shot path. Decoding: the checkpoint's own settings (or :class:`DecodingConfig`'s
 defaults), overridden by any DecodingConfig field given as an option (``min_length=5``, ``anchor=mixed``,
-``beams=20`` ...).
+``beams=20`` ...), then by ``scoring=paper|seal|fast`` (:data:`gemkr_llamaindex.decoding.config.SCORINGS`),
+which the registry's ``gemkr-paper``, ``gemkr-seal`` and ``gemkr-fast`` set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from typing import Any
 
 #: Factory options that are not decoding settings.
-OWN_OPTIONS = {"checkpoint", "llm", "zero_shot", "device", "batch_size", "top_k", "use_tags", "progress", "tagger"}
+OWN_OPTIONS = {"checkpoint", "llm", "zero_shot", "device", "batch_size", "top_k", "use_tags", "progress", "tagger",
+               "scoring"}
 
 
 def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
@@ -57,15 +59,18 @@ def gemkr_generator(docs: list, o: dict):
 
         checkpoint = packaged_checkpoint_for(docs)
     batch = int(o.get("batch_size", 4))
+
+    def config(base: DecodingConfig | None) -> DecodingConfig:
+        cfg = DecodingConfig.from_options(decoding_options(o), base)
+        return cfg.with_scoring(o["scoring"]) if o.get("scoring") else cfg
+
     if checkpoint and not zero_shot:
         print(f"gemkr: trained checkpoint {checkpoint}", file=sys.stderr)
-        base = checkpoint_decoding_config(checkpoint)
         return ClueGenerator.from_checkpoint(checkpoint, device=o.get("device", "cpu"), batch_size=batch,
-                                             config=DecodingConfig.from_options(decoding_options(o), base))
+                                             config=config(checkpoint_decoding_config(checkpoint)))
     why = "zero_shot=1" if zero_shot else "no trained checkpoint for this corpus"
     print(f"gemkr: zero-shot {o.get('llm', 'smollm2')} ({why})", file=sys.stderr)
-    return ClueGenerator.zero_shot_llm(o.get("llm", "smollm2"), batch_size=batch,
-                                       config=DecodingConfig.from_options(decoding_options(o)))
+    return ClueGenerator.zero_shot_llm(o.get("llm", "smollm2"), batch_size=batch, config=config(None))
 
 
 def gemkr_retriever(docs: list, o: dict):

@@ -1,6 +1,7 @@
 """Pluggable registries: retriever and answerer factories by name.
 
-Built in: retrievers ``bm25``, ``dense``, ``clip``, ``li``, ``gemkr``, ``gemkr+bm25`` (reciprocal rank
+Built in: retrievers ``bm25``, ``dense``, ``clip``, ``li``, ``gemkr`` (with ``gemkr-paper``,
+``gemkr-seal`` and ``gemkr-fast``: the same model ranked other ways), ``gemkr+bm25`` (reciprocal rank
 fusion) and the oracle ``gold``; answerers ``reader`` (the VQA reader) and ``top-title``. Others plug
 in without touching this package::
 
@@ -172,6 +173,17 @@ def _gemkr_factory(docs: list, o: dict):
     return gemkr_retriever(docs, o)
 
 
+def _gemkr_scored(scoring: str):
+    """The ``gemkr`` retriever ranked the named way (``gemkr-paper``, ``gemkr-seal``, ``gemkr-fast``)."""
+
+    def factory(docs: list, o: dict):
+        from .gemkr import gemkr_retriever
+
+        return gemkr_retriever(docs, {**o, "scoring": scoring})
+
+    return factory
+
+
 def _gemkr_bm25(docs: list, o: dict):
     """GeMKR and BM25 fused by reciprocal rank (LlamaIndex ``QueryFusionRetriever``, no query generation)."""
     from .fusion import MultimodalFusionRetriever
@@ -219,6 +231,12 @@ register_retriever("clip", _clip, description="open_clip image -> passage text")
 register_retriever("li", _li, uses_tags=True, description="late interaction MaxSim (PreFLMR-style, small)")
 register_retriever("gemkr", _gemkr_factory, uses_tags=True, description="GeMKR clues by constrained decoding "
                    "(zero-shot SmolLM2 unless --option checkpoint=DIR)")
+register_retriever("gemkr-paper", _gemkr_scored("paper"), uses_tags=True,
+                   description="GeMKR ranked by its best unique clues (the paper's scoring), same search")
+register_retriever("gemkr-seal", _gemkr_scored("seal"), uses_tags=True,
+                   description="GeMKR ranked by SEAL's published n-gram aggregation (alpha 2, beta 0.8)")
+register_retriever("gemkr-fast", _gemkr_scored("fast"), uses_tags=True,
+                   description="GeMKR fast mode: the query's LM-scored n-grams alone, no beam search")
 register_retriever("gemkr+bm25", _gemkr_bm25, uses_tags=True, companions=("gemkr",),
                    description="GeMKR and BM25 fused by reciprocal rank (LlamaIndex QueryFusionRetriever); "
                    "reported beside pure gemkr")
