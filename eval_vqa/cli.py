@@ -80,9 +80,10 @@ def _add_commands(sub) -> None:
     _add_common(e)
     e.add_argument("--answerer", default="top-title", help="registered answerer name (reader, top-title, ...)")
     e.add_argument("--reader-k", type=int, default=5, help="passages given to the answerer")
-    e.add_argument("--reader-context", choices=("passage", "clue_window"),
-                   help="what the reader reads of each passage: all of it (default) or the sentences around "
-                        "GeMKR's clues (--option reader_window=N sentences each side, default 1)")
+    e.add_argument("--reader-context", choices=("passage", "clue_window", "evidence_window"),
+                   help="what the reader reads of each passage: all of it (default), the sentences around "
+                        "GeMKR's clues, or around its clues and strongest evidence n-grams (--option "
+                        "reader_window=N sentences each side, default 1)")
     e.add_argument("--vqa-normalize", choices=("official", "always"), default="official",
                    help="VQA accuracy normalisation: the official evaluator's (only when the references "
                         "disagree; default) or always")

@@ -208,7 +208,8 @@ def _reader(options: dict) -> Answerer:
     It reads the request's nodes as they came from the retriever: ``--reader-context clue_window``
     (``--option reader_window=N`` sentences each side) reads the sentences around GeMKR's clues.
     The run's visual tags reach the reader as a hints line unless ``--option reader_hints=0`` (with the
-    packaged 135M reader, hints lower exact match on gold passages: measure both).
+    packaged 135M reader, hints lower exact match on gold passages: measure both). ``--option
+    reader_spans=1`` decodes the answer as a span of the passages read (:mod:`reader.spans`).
     """
     from reader import VQAReader
 
@@ -217,10 +218,11 @@ def _reader(options: dict) -> Answerer:
     context = options.get("reader_context", "passage")
     window = int(options.get("reader_window", 1))
     hints = str(options.get("reader_hints", "1")).strip().lower() not in ("0", "false", "no")
+    spans = str(options.get("reader_spans", "0")).strip().lower() in ("1", "true", "yes")
 
     def answer(req: AnswerRequest) -> str:
         return vqa.answer(req.question, image_path=req.image_path, passages=req.nodes, tags=req.tags if hints else None,
-                          context=context, clue_window=window)
+                          context=context, clue_window=window, answer_spans=spans)
 
     return answer
 

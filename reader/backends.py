@@ -20,6 +20,8 @@ from gemkr_llamaindex.assets import resolve_model as resolve_model
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+SPAN_BEAMS = 5  # beams of span-constrained answers (reader.spans)
+
 
 def _load_error(model: str, exc: Exception) -> OSError:
     if Path(model).is_dir():
@@ -111,17 +113,32 @@ class _Backend:
                 f"window ({self.context_window}); retrieve fewer passages or lower max_passage_chars"
             )
 
-    def _run(self, inputs: dict[str, Any], tokenizer: Any, decode: Any) -> tuple[str, int]:
+    def _run(self, inputs: dict[str, Any], tokenizer: Any, decode: Any, spans: Sequence[str] | None = None
+             ) -> tuple[str, int]:
+        """Greedy generation; with ``spans`` (passage texts) the answer can only be a span of them
+        (:class:`~reader.spans.SpanTrie` as ``prefix_allowed_tokens_fn``)."""
         import torch
 
-        self._check_length(int(inputs["input_ids"].shape[1]))
+        n_in = int(inputs["input_ids"].shape[1])
+        self._check_length(n_in)
+        config = self._generation_config(tokenizer)
+        extra: dict[str, Any] = {}
+        if spans is not None:
+            from .spans import SpanTrie
+
+            trie = SpanTrie(spans, tokenizer, config.eos_token_id)
+            if trie:
+                # beam search, so that a span is chosen whole (it must end with EOS) rather than word by word
+                config.num_beams = SPAN_BEAMS
+                extra["prefix_allowed_tokens_fn"] = lambda batch_id, ids: trie.allowed(ids[n_in:].tolist())
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, generation_config=self._generation_config(tokenizer))
-        new = out[0, inputs["input_ids"].shape[1] :]
+            out = self.model.generate(**inputs, generation_config=config, **extra)
+        new = out[0, n_in:]
         return decode(new), int(new.shape[0])
 
     def generate(
-        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]]
+        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]],
+        spans: Sequence[str] | None = None,
     ) -> Generation:
         raise NotImplementedError
 
@@ -152,7 +169,8 @@ class CausalLMBackend(_Backend):
         return "\n\n".join(lines) + "\n\nAssistant:"
 
     def generate(
-        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]]
+        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]],
+        spans: Sequence[str] | None = None,
     ) -> Generation:
         if images:
             raise ValueError("CausalLMBackend is text-only; turn images into hints before calling it")
@@ -163,7 +181,7 @@ class CausalLMBackend(_Backend):
             self.device
         )
         decoded, n_new = self._run(
-            dict(inputs), self.tokenizer, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+            dict(inputs), self.tokenizer, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), spans
         )
         return Generation(decoded.strip(), prompt, int(inputs["input_ids"].shape[1]), n_new)
 
@@ -232,12 +250,13 @@ class VisionLanguageBackend(_Backend):
         return inputs
 
     def generate(
-        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]]
+        self, system: str | None, text: str, images: list[Image.Image], history: Sequence[dict[str, str]],
+        spans: Sequence[str] | None = None,
     ) -> Generation:
         prompt = self.render(system, text, len(images), history)
         inputs = self.processor_inputs(prompt, images)
         decoded, n_new = self._run(
-            inputs, self.tokenizer, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+            inputs, self.tokenizer, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), spans
         )
         return Generation(decoded.strip(), prompt, int(inputs["input_ids"].shape[1]), n_new)
 

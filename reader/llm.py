@@ -32,7 +32,7 @@ from llama_index.core.llms.custom import CustomLLM
 from .backends import Generation, _Backend, load_backend, resolve_model
 from .images import image_from_block
 from .postprocess import short_answer
-from .prompt import DEFAULT_CLUE_WINDOW, HINTS_KWARG, build_vqa_message, check_question, format_hints
+from .prompt import DEFAULT_CLUE_WINDOW, HINTS_KWARG, SPANS_KWARG, build_vqa_message, check_question, format_hints
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class VQAReader(CustomLLM):
             raise ValueError(
                 f"{self.model} is text-only and got an image without any text or hints to answer"
             )
-        return backend.generate(system, text, images, history), hints
+        return backend.generate(system, text, images, history, last.additional_kwargs.get(SPANS_KWARG)), hints
 
     @staticmethod
     def _raw(gen: Generation, hints: str | None, kind: str) -> dict[str, Any]:
@@ -251,14 +251,18 @@ class VQAReader(CustomLLM):
         lowercase: bool = False,
         context: str = "passage",
         clue_window: int = DEFAULT_CLUE_WINDOW,
+        answer_spans: bool = False,
     ) -> str:
         """Short answer to ``question`` about ``image_path`` from ``passages``.
 
         ``passages`` are the retriever's ``NodeWithScore`` objects (or nodes), best first; plain strings
         are refused (wrap them as ``TextNode(text=...)``). ``context="clue_window"`` reads the sentences
-        around each node's GeMKR clues instead of the passage head (see :mod:`reader.prompt`).
+        around each node's GeMKR clues instead of the passage head, ``"evidence_window"`` around its clues
+        and strongest evidence (see :mod:`reader.prompt`). ``answer_spans``: the answer is decoded as a span
+        of what was read (:mod:`reader.spans`), never a word that is in no passage.
         """
         question = check_question(question, image_path is not None)
-        message = build_vqa_message(question, image_path, passages, tags, context=context, clue_window=clue_window)
+        message = build_vqa_message(question, image_path, passages, tags, context=context, clue_window=clue_window,
+                                    answer_spans=answer_spans)
         raw = self.chat([message]).message.content or ""
         return short_answer(raw, question, max_words=max_words, lowercase=lowercase)

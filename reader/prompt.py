@@ -14,6 +14,9 @@ What the reader reads of each passage (``context``):
   the sentence holding each clue plus ``clue_window`` sentences on each side, in passage order, with
   "..." where sentences were skipped. A node without clues (or whose clues cannot be found in its
   text) falls back to the passage head: its first ``2 * clue_window + 1`` sentences.
+* ``"evidence_window"``: the same windows around the node's GeMKR clues and its strongest evidence
+  n-grams under evidence scoring (``node.metadata["evidence"]``, the ``EVIDENCE_SPANS`` largest
+  contributions): the words of the question the document was found by, and what the model generated.
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ NO_PASSAGES = "(none)"
 HINTS_KWARG = "vqa_hints"
 """``ChatMessage.additional_kwargs`` key marking that the text already holds the image's hints, so
 the reader does not tag the image a second time."""
+SPANS_KWARG = "vqa_answer_spans"
+"""``ChatMessage.additional_kwargs`` key holding the passage texts the answer must be a span of
+(:mod:`reader.spans`); absent: free generation."""
 
-CONTEXT_MODES = ("passage", "clue_window")
+CONTEXT_MODES = ("passage", "clue_window", "evidence_window")
 DEFAULT_CLUE_WINDOW = 1
 CLUES_KEY = "clues"
+EVIDENCE_KEY = "evidence"
+EVIDENCE_SPANS = 3
 GAP = "..."
 
 # A sentence ends at . ! ? (and closing quotes/brackets) before whitespace and a capital, digit or opening
@@ -90,14 +98,18 @@ def split_sentences(text: str) -> list[str]:
     return [p for p in pieces if p] or [text.strip()]
 
 
-def _clue_texts(node: Any) -> list[str]:
-    clues = (getattr(node, "metadata", None) or {}).get(CLUES_KEY) or []
+def _clue_texts(node: Any, evidence: bool = False) -> list[str]:
+    """The node's clue texts; with ``evidence``, then its ``EVIDENCE_SPANS`` strongest evidence n-grams."""
+    metadata = getattr(node, "metadata", None) or {}
+    entries = list(metadata.get(CLUES_KEY) or [])
+    if evidence:  # the retriever lists evidence by contribution, largest first
+        entries += list(metadata.get(EVIDENCE_KEY) or [])[:EVIDENCE_SPANS]
     texts = []
-    for clue in clues:
-        text = clue.get("text") if isinstance(clue, dict) else clue
+    for entry in entries:
+        text = entry.get("text") if isinstance(entry, dict) else entry
         if isinstance(text, str) and text.strip():
             texts.append(_WS.sub(" ", text).strip())
-    return texts
+    return list(dict.fromkeys(texts))
 
 
 def clue_window(text: str, clues: Sequence[str], window: int = DEFAULT_CLUE_WINDOW) -> str:
@@ -138,12 +150,13 @@ def clue_window(text: str, clues: Sequence[str], window: int = DEFAULT_CLUE_WIND
 
 
 def passage_context(node: Any, context: str = "passage", window: int = DEFAULT_CLUE_WINDOW) -> str:
-    """What the reader reads of one node: its text (``"passage"``) or its clue window (``"clue_window"``)."""
+    """What the reader reads of one node: its text (``"passage"``) or the window around its clues
+    (``"clue_window"``) or around its clues and strongest evidence (``"evidence_window"``)."""
     check_context(context, window)
     text = node.get_content()
     if context == "passage":
         return text
-    return clue_window(text, _clue_texts(node), window)
+    return clue_window(text, _clue_texts(node, evidence=context == "evidence_window"), window)
 
 
 def check_context(context: str, window: int) -> None:
@@ -166,8 +179,18 @@ def format_passages(
     """
     if max_chars < 20:
         raise ValueError(f"max_chars must be >= 20, got {max_chars}")
-    check_context(context, clue_window)
     lines = []
+    for i, (node, text) in enumerate(zip(_nodes(nodes), read_texts(nodes, max_chars, context, clue_window)), start=1):
+        title = passage_title(node)
+        if title and not text.lower().startswith(title.lower()):
+            lines.append(f"[{i}] {title}: {text}")
+        else:
+            lines.append(f"[{i}] {text}")
+    return "\n".join(lines) if lines else NO_PASSAGES
+
+
+def _nodes(nodes: Sequence[Any]) -> list[Any]:
+    out = []
     for i, scored in enumerate(nodes, start=1):
         node = getattr(scored, "node", scored)
         if not hasattr(node, "get_content"):
@@ -175,13 +198,17 @@ def format_passages(
                 f"passage {i} is a {type(node).__name__}, not a LlamaIndex node; pass the retriever's "
                 "NodeWithScore objects (or TextNode(text=...) for plain texts)"
             )
-        title = passage_title(node)
-        text = _clip(passage_context(node, context, clue_window), max_chars)
-        if title and not text.lower().startswith(title.lower()):
-            lines.append(f"[{i}] {title}: {text}")
-        else:
-            lines.append(f"[{i}] {text}")
-    return "\n".join(lines) if lines else NO_PASSAGES
+        out.append(node)
+    return out
+
+
+def read_texts(nodes: Sequence[Any], max_chars: int = 600, context: str = "passage",
+               clue_window: int = DEFAULT_CLUE_WINDOW) -> list[str]:
+    """What the reader reads of each node (``context``), clipped to ``max_chars`` on a word boundary."""
+    if max_chars < 20:
+        raise ValueError(f"max_chars must be >= 20, got {max_chars}")
+    check_context(context, clue_window)
+    return [_clip(passage_context(node, context, clue_window), max_chars) for node in _nodes(nodes)]
 
 
 def format_hints(hints: str | Sequence[str] | None) -> str:
@@ -231,13 +258,15 @@ def build_vqa_message(
     context: str = "passage",
     clue_window: int = DEFAULT_CLUE_WINDOW,
     image: Any = None,
+    answer_spans: bool = False,
 ) -> ChatMessage:
     """A user ``ChatMessage``: ``[ImageBlock(query image), TextBlock(prompt)]`` (no image block if none).
 
     The query image is ``image_path`` or, for a picture held in memory, ``image`` (a PIL image or a
     ``gemkr_llamaindex.images.LoadedImage``, sent as PNG bytes). When ``hints`` are given (even ""), the
     message is marked (``additional_kwargs[HINTS_KWARG]``) so a reader with its own tagger does not
-    describe the same image twice.
+    describe the same image twice. ``answer_spans``: the message carries the passages as read
+    (``additional_kwargs[SPANS_KWARG]``), and the reader answers with a span of them only.
     """
     from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 
@@ -256,5 +285,7 @@ def build_vqa_message(
         blocks.append(ImageBlock(image=buf.getvalue(), image_mimetype="image/png"))
     text = build_vqa_text(question, nodes, hints, template, max_passage_chars, context, clue_window)
     blocks.append(TextBlock(text=text))
-    extra = {HINTS_KWARG: format_hints(hints).strip()} if hints is not None else {}
+    extra: dict[str, Any] = {HINTS_KWARG: format_hints(hints).strip()} if hints is not None else {}
+    if answer_spans:
+        extra[SPANS_KWARG] = read_texts(nodes, max_passage_chars, context, clue_window)
     return ChatMessage(role=MessageRole.USER, blocks=blocks, additional_kwargs=extra)
