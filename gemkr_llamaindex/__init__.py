@@ -18,6 +18,7 @@ _LAZY = {
     "KBError": "gemkr_llamaindex.kb",
     "GeMKRIndex": "gemkr_llamaindex.llamaindex",
     "GeMKRRetriever": "gemkr_llamaindex.llamaindex",
+    "MultimodalFusionRetriever": "gemkr_llamaindex.llamaindex",
     "ClueGenerator": "gemkr_llamaindex.llamaindex",
     "VQAQueryBundle": "gemkr_llamaindex.llamaindex",
     "DecodingConfig": "gemkr_llamaindex.decoding",
@@ -33,7 +34,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
-    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever, VQAQueryBundle
+    from gemkr_llamaindex.llamaindex import (
+        ClueGenerator,
+        GeMKRIndex,
+        GeMKRRetriever,
+        MultimodalFusionRetriever,
+        VQAQueryBundle,
+    )
     from gemkr_llamaindex.model.config import GeMKRConfig
     from gemkr_llamaindex.model.gemkr import GeMKRModel
     from gemkr_llamaindex.tags import hint_tagger
@@ -48,6 +55,7 @@ __all__ = [
     "GeMKRRetriever",
     "KBError",
     "KnowledgeBase",
+    "MultimodalFusionRetriever",
     "TrainConfig",
     "VQAQueryBundle",
     "__version__",
