@@ -5,6 +5,7 @@ from gemkr_llamaindex.llamaindex.fusion import MultimodalFusionRetriever
 from gemkr_llamaindex.llamaindex.index import GeMKRIndex, GeMKRIndexStruct
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 from gemkr_llamaindex.llamaindex.retriever import GeMKRRetriever
+from gemkr_llamaindex.llamaindex.tools import ImageBoundQueryEngine, vqa_tool
 
-__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRIndexStruct", "GeMKRRetriever", "MultimodalFusionRetriever",
-           "VQAQueryBundle"]
+__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRIndexStruct", "GeMKRRetriever", "ImageBoundQueryEngine",
+           "MultimodalFusionRetriever", "VQAQueryBundle", "vqa_tool"]

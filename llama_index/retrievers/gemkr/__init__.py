@@ -8,8 +8,11 @@ from gemkr_llamaindex.llamaindex import (
     ClueGenerator,
     GeMKRIndex,
     GeMKRRetriever,
+    ImageBoundQueryEngine,
     MultimodalFusionRetriever,
     VQAQueryBundle,
+    vqa_tool,
 )
 
-__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRRetriever", "MultimodalFusionRetriever", "VQAQueryBundle"]
+__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRRetriever", "ImageBoundQueryEngine", "MultimodalFusionRetriever",
+           "VQAQueryBundle", "vqa_tool"]
