@@ -9,3 +9,7 @@
 
 Importing this package is cheap: submodules load torch, llama-index or models only when used.
 """
+
+from gemkr_llamaindex.distribution import check_top_level
+
+check_top_level(__name__)  # another distribution installing a top-level `eval_vqa` would overwrite ours
