@@ -219,3 +219,16 @@ def test_vqa_tool_called_directly_and_its_errors(watched, photo):
         resolve_image("q", "image_1", [ImageBlock(url="https://example.org/cat.jpg")])
     with pytest.raises(TypeError, match="query engine or retriever"):
         vqa_tool("not an engine")
+
+
+# ------------------------------------------------------------------------------------------------ 2. offline defaults
+def test_as_query_engine_is_the_vqa_engine_with_the_packaged_reader_offline(index):
+    from reader import VQAQueryEngine, VQAReader
+
+    engine = index.as_query_engine(similarity_top_k=2, top_k=2)  # was RetrieverQueryEngine over Settings.llm (OpenAI)
+    assert isinstance(engine, VQAQueryEngine) and isinstance(engine.reader, VQAReader)
+    response = engine.query("Which city is the capital of France?")
+    assert str(response).strip() and 1 <= len(response.source_nodes) <= 2
+    assert all("clues" in n.node.metadata for n in response.source_nodes)
+    with pytest.raises(TypeError, match=r"RetrieverQueryEngine.from_args\(index.as_retriever"):
+        index.as_query_engine(response_mode="compact")

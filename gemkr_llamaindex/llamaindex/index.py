@@ -168,13 +168,28 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         return GeMKRRetriever(generator, self._kb, docstore=self._docstore, **kwargs)
 
     def as_query_engine(self, llm: Any = None, **kwargs: Any):
-        """``RetrieverQueryEngine.from_args`` over :meth:`as_retriever`; retriever keywords go to the
-        retriever, the rest to the query engine."""
-        from llama_index.core.query_engine.retriever_query_engine import RetrieverQueryEngine
-        from llama_index.core.settings import Settings
+        """The VQA query engine (``reader.VQAQueryEngine``) over :meth:`as_retriever`: it sends the query's
+        picture to the retriever and to the reader, and works offline.
 
+        ``llm``: the reader, any LlamaIndex chat LLM (default ``reader.VQAReader()``, the packaged
+        SmolLM2-135M-Instruct; never ``Settings.llm``, which is OpenAI). Retriever keywords go to the
+        retriever, the rest to ``VQAQueryEngine`` (``top_k``, ``tagger``, ``template``, ``context`` ...).
+        For LlamaIndex's text response synthesizer instead, use
+        ``RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)``.
+        """
+        import inspect
+
+        engine_cls = _vqa_query_engine_class()
         retriever = self.as_retriever(**{k: kwargs.pop(k) for k in list(kwargs) if k in RETRIEVER_KWARGS})
-        return RetrieverQueryEngine.from_args(retriever, llm=llm or Settings.llm, **kwargs)
+        valid = set(inspect.signature(engine_cls).parameters) - {"retriever", "reader"}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(
+                f"GeMKRIndex.as_query_engine got unexpected keyword(s) {unknown}: it builds reader.VQAQueryEngine "
+                f"(engine keywords {sorted(valid)}, retriever keywords {sorted(RETRIEVER_KWARGS)}); for LlamaIndex's "
+                "response synthesizer use RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)"
+            )
+        return engine_cls(retriever, reader=llm, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_dir: str | Path) -> None:
@@ -237,6 +252,23 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
                 f"{struct.kb_build_id}: the persist dir mixes two indexes; persist the index again"
             )
         return kb
+
+
+def _vqa_query_engine_class() -> type:
+    """``reader.VQAQueryEngine``, imported when first needed: the library never imports ``reader`` (which
+    uses the library) at module import time."""
+    from gemkr_llamaindex.distribution import check_top_level
+
+    check_top_level("reader")  # another distribution's `reader` would shadow ours: say so, by name
+    try:
+        from reader import VQAQueryEngine
+    except ImportError as exc:
+        raise ImportError(
+            f"GeMKRIndex.as_query_engine builds the VQA query engine of the package `reader`, which ships with "
+            f"gemkr-llamaindex, but it cannot be imported ({exc}); reinstall gemkr-llamaindex, or build an engine "
+            "yourself: RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)"
+        ) from exc
+    return VQAQueryEngine
 
 
 # load_index_from_storage resolves index classes through these registries: register ours so a persisted
