@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
-from llama_index.core import Document
+from llama_index.core import Document, StorageContext, load_index_from_storage
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -29,7 +34,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.tools import QueryEngineTool
 from PIL import Image
 
-from gemkr_llamaindex import DecodingConfig, GeMKRIndex
+from gemkr_llamaindex import DecodingConfig, GeMKRIndex, GeMKRRetriever
 from gemkr_llamaindex.images import load_image
 from gemkr_llamaindex.llamaindex import ClueGenerator
 from gemkr_llamaindex.llamaindex.tools import ImageBoundQueryEngine, vqa_tool
@@ -232,3 +237,135 @@ def test_as_query_engine_is_the_vqa_engine_with_the_packaged_reader_offline(inde
     assert all("clues" in n.node.metadata for n in response.source_nodes)
     with pytest.raises(TypeError, match=r"RetrieverQueryEngine.from_args\(index.as_retriever"):
         index.as_query_engine(response_mode="compact")
+
+
+# ------------------------------------------------------------------------------------------------ 3. reload
+QUESTION = "Which city is the capital of France?"
+
+
+def ranking(retriever, question: str = QUESTION) -> list[tuple[str, float]]:
+    return [(h.node.node_id, h.score) for h in retriever.retrieve(question)]
+
+
+def edit_struct(persist_dir, **changes) -> None:
+    """Change fields of the persisted index struct in ``index_store.json`` (as a hand edit would)."""
+    path = persist_dir / "index_store.json"
+    store = json.loads(path.read_text())
+    for entry in store["index_store/data"].values():
+        data = json.loads(entry["__data__"])
+        entry.update({k: v for k, v in changes.items() if k == "__type__"})
+        data.update({k: v for k, v in changes.items() if k != "__type__"})
+        entry["__data__"] = json.dumps(data)
+    path.write_text(json.dumps(store))
+
+
+def test_a_reloaded_index_retrieves_with_its_own_generator(index, tiny_llm_dir, tmp_path):
+    before = ranking(index.as_retriever(similarity_top_k=3))
+    index.persist(tmp_path / "store")
+    storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "store"))
+    loaded = load_index_from_storage(storage, persist_dir=tmp_path / "store")  # no generator=
+    spec = loaded.index_struct.generator
+    assert spec["llm"] == str(tiny_llm_dir) and spec["decoding"] == CFG.to_dict() and spec["fingerprint"]
+    retriever = loaded.as_retriever(similarity_top_k=3)
+    assert retriever.generator is not index.as_retriever().generator  # rebuilt from the spec
+    assert ranking(retriever) == before
+    assert ranking(GeMKRIndex.from_persist_dir(tmp_path / "store").as_retriever(similarity_top_k=3)) == before
+
+
+def test_a_changed_or_missing_generator_model_is_a_clear_error(documents, tiny_llm_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llm_dir, model)
+    gen = ClueGenerator.zero_shot_llm(str(model), config=CFG)
+    GeMKRIndex.from_documents(documents[:8], generator=gen, kb_dir=tmp_path / "kb").persist(tmp_path / "store")
+    (model / "generation_config.json").write_text("{}")  # the model folder changed
+    with pytest.raises(ValueError, match=r"index_store.json: the generator's LLM .*model changed since it was persisted"):
+        GeMKRIndex.from_persist_dir(tmp_path / "store").as_retriever()
+    assert GeMKRIndex.from_persist_dir(tmp_path / "store", generator=gen).as_retriever()  # generator= overrides
+    shutil.rmtree(model)
+    with pytest.raises(FileNotFoundError, match=r"the generator's LLM .*model is missing"):
+        GeMKRIndex.from_persist_dir(tmp_path / "store").as_retriever()
+
+
+def test_an_index_of_an_in_memory_generator_says_to_pass_one(index, tiny_llm_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gen = ClueGenerator(llm=AutoModelForCausalLM.from_pretrained(tiny_llm_dir), tokenizer=AutoTokenizer.from_pretrained(tiny_llm_dir))
+    GeMKRIndex(index_struct=index.index_struct, storage_context=index.storage_context, kb=index.kb,
+               generator=gen).persist(tmp_path / "store")
+    with pytest.raises(ValueError, match="persisted without one"):
+        GeMKRIndex.from_persist_dir(tmp_path / "store").as_retriever()
+
+
+def test_load_index_from_storage_without_the_import_names_the_import(index, tmp_path):
+    index.persist(tmp_path / "store")
+    script = textwrap.dedent(f"""
+        from llama_index.core import StorageContext, load_index_from_storage
+        storage = StorageContext.from_defaults(persist_dir={str(tmp_path / "store")!r})
+        try:
+            load_index_from_storage(storage, persist_dir={str(tmp_path / "store")!r})
+        except KeyError as exc:
+            print("KeyError:", exc)
+        from gemkr_llamaindex import GeMKRIndex
+        print(type(load_index_from_storage(storage, persist_dir={str(tmp_path / "store")!r})).__name__)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "KeyError: 'gemkr (run `from gemkr_llamaindex import GeMKRIndex` before load_index_from_storage)'" in run.stdout
+    assert run.stdout.strip().endswith("GeMKRIndex")
+    edit_struct(tmp_path / "store", __type__="gemkr")  # what earlier versions wrote still loads
+    storage = StorageContext.from_defaults(persist_dir=str(tmp_path / "store"))
+    assert isinstance(load_index_from_storage(storage, persist_dir=tmp_path / "store"), GeMKRIndex)
+
+
+@pytest.mark.parametrize("kb_dir", ["../../kb", "gemkr_kb/../../kb", "../store-other/gemkr_kb"])
+def test_a_persisted_kb_path_outside_the_persist_dir_is_refused(index, tmp_path, kb_dir):
+    index.persist(tmp_path / "store")
+    index.persist(tmp_path / "store-other")
+    edit_struct(tmp_path / "store", kb_dir=kb_dir)
+    with pytest.raises(ValueError, match=r"resolves outside the persist dir"):
+        GeMKRIndex.from_persist_dir(tmp_path / "store")
+
+
+def test_filters_are_refused_with_the_reason(index):
+    from llama_index.core.vector_stores import MetadataFilters
+
+    with pytest.raises(NotImplementedError, match="does not apply metadata filters"):
+        index.as_retriever(filters=MetadataFilters.from_dicts([{"key": "n", "value": 1}]))
+    with pytest.raises(NotImplementedError, match="does not apply metadata filters"):
+        index.as_query_engine(filters=MetadataFilters.from_dicts([{"key": "n", "value": 1}]))
+
+
+def test_retriever_from_defaults_persist_and_from_persist_dir(documents, generator, tmp_path):
+    with pytest.raises(ValueError, match="exactly one of nodes= .* or kb="):
+        GeMKRRetriever.from_defaults(generator=generator)
+    retriever = GeMKRRetriever.from_defaults(nodes=documents[:12], generator=generator, similarity_top_k=3,
+                                             kb_dir=tmp_path / "kb")
+    before = ranking(retriever)
+    assert before and {d for d, _ in before} <= {d.id_ for d in documents[:12]}
+    retriever.persist(tmp_path / "r")
+    loaded = GeMKRRetriever.from_persist_dir(tmp_path / "r")
+    assert loaded.similarity_top_k == 3 and loaded.generator is not generator
+    assert ranking(loaded) == before
+    assert loaded.retrieve(QUESTION)[0].node.metadata["n"] in (0, 1)  # the docstore's node came back
+    again = GeMKRRetriever.from_persist_dir(tmp_path / "r", generator=generator, similarity_top_k=2, tagger=size_tagger)
+    assert again.tagger is size_tagger and len(again.retrieve(QUESTION)) <= 2
+    on_kb = GeMKRRetriever.from_defaults(kb=retriever.kb, generator=generator)  # a bare KB: nodes from its text
+    assert on_kb.retrieve(QUESTION)[0].node.get_content() == retriever.kb.text(on_kb.retrieve(QUESTION)[0].node.node_id)
+
+
+def test_an_interrupted_or_edited_retriever_persist_never_loads(documents, generator, tmp_path):
+    retriever = GeMKRRetriever.from_defaults(nodes=documents[:6], generator=generator, kb_dir=tmp_path / "kb")
+    retriever.persist(tmp_path / "r")
+    docstore = tmp_path / "r" / "docstore.json"
+    docstore.write_text(docstore.read_text()[:-20])  # a write cut short
+    with pytest.raises(ValueError, match=r"docstore.json is missing or differs from what .*retriever.json recorded"):
+        GeMKRRetriever.from_persist_dir(tmp_path / "r")
+    retriever.persist(tmp_path / "r")
+    record = tmp_path / "r" / "retriever.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "kb_dir": "../kb"}))
+    with pytest.raises(ValueError, match="resolves outside the persist dir"):
+        GeMKRRetriever.from_persist_dir(tmp_path / "r")
+    record.unlink()
+    with pytest.raises(FileNotFoundError, match="not a persisted GeMKR retriever"):
+        GeMKRRetriever.from_persist_dir(tmp_path / "r")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
 
 from gemkr_llamaindex.decoding import QueryResult, SearchStats
 from gemkr_llamaindex.images import HintTagger, ImageInput
@@ -66,6 +67,7 @@ class GeMKRRetriever(BaseRetriever):
         self.docstore = docstore
         self.similarity_top_k = similarity_top_k
         self.tagger = tagger
+        self.batch_window_ms, self.max_batch = batch_window_ms, max_batch
         self._batcher = None
         if batch_window_ms is not None:
             from gemkr_llamaindex.llamaindex.batching import MicroBatcher
@@ -73,6 +75,58 @@ class GeMKRRetriever(BaseRetriever):
             self._batcher = MicroBatcher(lambda bundles: self.generator.generate(bundles, self.kb),
                                          batch_window_ms, max_batch)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    # ------------------------------------------------------------------ built, persisted, loaded
+    @classmethod
+    def from_defaults(
+        cls,
+        nodes: Sequence[BaseNode] | None = None,
+        kb: Any = None,
+        *,
+        generator: ClueGenerator,
+        docstore: Any = None,
+        kb_dir: str | Path | None = None,
+        similarity_top_k: int = 5,
+        **kwargs: Any,
+    ) -> GeMKRRetriever:
+        """A retriever over ``nodes`` (a KB is built from them with the generator's tokenizer, in ``kb_dir``
+        or a fresh cache folder, and they become the docstore) or over an existing ``kb``: exactly one."""
+        if (nodes is None) == (kb is None):
+            raise ValueError("GeMKRRetriever.from_defaults takes exactly one of nodes= (a KB is built from them) or kb=")
+        if nodes is not None:
+            from llama_index.core.storage.docstore import SimpleDocumentStore
+
+            from gemkr_llamaindex.kb import KnowledgeBase
+
+            if kb_dir is None:
+                import uuid
+
+                from gemkr_llamaindex.assets import cache_dir
+
+                kb_dir = cache_dir() / "indices" / uuid.uuid4().hex
+            nodes = list(nodes)
+            kb = KnowledgeBase.build(nodes, generator.tokenizer, kb_dir)
+            if docstore is None:
+                docstore = SimpleDocumentStore()
+                docstore.add_documents(nodes)
+        return cls(generator, kb, docstore=docstore, similarity_top_k=similarity_top_k, **kwargs)
+
+    def persist(self, persist_dir: str | Path) -> None:
+        """Write the KB, the docstore and ``retriever.json`` (arguments and the generator's spec: where its
+        model is, a fingerprint, decoding settings) to ``persist_dir``; see :mod:`~gemkr_llamaindex.llamaindex.persist`."""
+        from gemkr_llamaindex.llamaindex.persist import persist_retriever
+
+        persist_retriever(self, persist_dir)
+
+    @classmethod
+    def from_persist_dir(cls, persist_dir: str | Path, generator: ClueGenerator | None = None,
+                         **kwargs: Any) -> GeMKRRetriever:
+        """The retriever :meth:`persist` wrote, its generator rebuilt from the recorded spec (a missing or
+        changed model is an error) unless ``generator=`` is given; ``kwargs`` override constructor arguments
+        (a ``tagger`` is a callable and is not persisted: pass it again)."""
+        from gemkr_llamaindex.llamaindex.persist import load_retriever
+
+        return load_retriever(cls, persist_dir, generator, **kwargs)
 
     def _bundle(self, q: QueryBundle | str) -> VQAQueryBundle:
         """The query as a VQAQueryBundle, its picture decoded once and tagged when it brings no tags.
