@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -369,3 +370,40 @@ def test_an_interrupted_or_edited_retriever_persist_never_loads(documents, gener
     record.unlink()
     with pytest.raises(FileNotFoundError, match="not a persisted GeMKR retriever"):
         GeMKRRetriever.from_persist_dir(tmp_path / "r")
+
+
+# ------------------------------------------------------------------------------------------------ 5. scores
+def test_softmax_shares_for_any_real_scores():
+    from gemkr_llamaindex.llamaindex.retriever import softmax
+
+    assert softmax([]) == []
+    assert softmax([0.0, 0.0]) == [0.5, 0.5]
+    assert softmax([1.24, 0.17, -0.3]) == pytest.approx([math.exp(s) / sum(math.exp(t) for t in (1.24, 0.17, -0.3))
+                                                         for s in (1.24, 0.17, -0.3)])
+    assert softmax([1e4, 1e4 - 1]) == pytest.approx([1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))])
+    assert softmax([-math.inf, -2.0]) == [0.0, 1.0] and softmax([math.inf, 3.0, math.inf]) == [0.5, 0.0, 0.5]
+
+
+def test_normalised_scores_make_similarity_cutoffs_meaningful(index, generator):
+    from llama_index.core.postprocessor import SimilarityPostprocessor
+
+    raw = index.as_retriever(similarity_top_k=5)
+    docs = raw.results([QUESTION])[0].docs  # every document the search reached
+    want = dict(zip([d.doc_id for d in docs], softmax_by_hand([d.score for d in docs])))
+    hits = raw.retrieve(QUESTION)
+    assert [h.score for h in hits] == [pytest.approx(d.score) for d in docs[:5]]  # the score stays the raw one
+    for h in hits:
+        assert h.node.metadata["score_softmax"] == pytest.approx(want[h.node.node_id])
+        assert "score_softmax" in h.node.excluded_llm_metadata_keys
+    normalised = index.as_retriever(similarity_top_k=5, normalize_scores=True)
+    cutoff = sorted(want.values(), reverse=True)[1]  # keeps the two best documents, whatever the raw scale
+    engine = RetrieverQueryEngine.from_args(normalised, llm=MockLLM(max_tokens=4),
+                                            node_postprocessors=[SimilarityPostprocessor(similarity_cutoff=cutoff)])
+    kept = engine.query(QUESTION).source_nodes
+    assert [n.node.node_id for n in kept] == [d.doc_id for d in docs[:2]]
+    assert all(0 <= n.score <= 1 for n in kept)
+
+
+def softmax_by_hand(scores):
+    exps = [math.exp(s) for s in scores]
+    return [e / sum(exps) for e in exps]

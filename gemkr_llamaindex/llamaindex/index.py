@@ -45,7 +45,7 @@ LEGACY_STRUCT_TYPES = ("gemkr",)  # what earlier versions wrote; still read
 
 #: Keyword arguments ``as_retriever`` accepts (anything else is a typo and an error).
 RETRIEVER_KWARGS = frozenset({"generator", "similarity_top_k", "tagger", "callback_manager", "verbose",
-                              "batch_window_ms", "max_batch", "filters"})
+                              "batch_window_ms", "max_batch", "normalize_scores", "filters"})
 
 
 @dataclass
@@ -160,7 +160,8 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
 
         Keywords: ``generator`` (a :class:`ClueGenerator`; default: the one given to the index),
         ``similarity_top_k``, ``tagger``, ``callback_manager``, ``verbose``, ``batch_window_ms`` and
-        ``max_batch`` (opt-in micro-batching of concurrent calls). Any other keyword is an error
+        ``max_batch`` (opt-in micro-batching of concurrent calls), ``normalize_scores`` (scores become
+        softmax shares, for cutoffs; see :class:`GeMKRRetriever`). Any other keyword is an error
         (``llm``, which LlamaIndex's engines pass through, is ignored). A loaded index without
         ``generator=`` rebuilds the one it was persisted with (from the spec in ``index_store.json``).
         ``filters`` (LlamaIndex ``MetadataFilters``) are refused with an error: see below.

@@ -33,7 +33,7 @@ DOCSTORE_FILE = "docstore.json"
 SPEC_FORMAT = 1
 RETRIEVER_FORMAT = 1
 PACKAGED = "packaged:"  # a checkpoint shipped inside this package, by name (its folder moves with the install)
-RETRIEVER_ARGS = ("similarity_top_k", "batch_window_ms", "max_batch")
+RETRIEVER_ARGS = ("similarity_top_k", "batch_window_ms", "max_batch", "normalize_scores")
 
 
 # ------------------------------------------------------------------------------------------------ paths

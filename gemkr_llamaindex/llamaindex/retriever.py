@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,20 @@ from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 CLUES_KEY = "clues"
+SHARE_KEY = "score_softmax"
+
+
+def softmax(scores: Sequence[float]) -> list[float]:
+    """``exp(s_i) / sum_j exp(s_j)``, computed stably (any real scores; ``-inf`` gets 0; ``+inf`` ties share 1)."""
+    if not scores:
+        return []
+    top = max(scores)
+    if math.isinf(top):
+        tied = [float(s == top) for s in scores]
+        return [t / sum(tied) for t in tied]
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
 
 
 class GeMKRRetriever(BaseRetriever):
@@ -33,9 +48,13 @@ class GeMKRRetriever(BaseRetriever):
     This is the one place where a generator meets a KB: the generator's tokenizer is checked against
     ``kb`` here, and every query decodes against ``kb``.
 
-    Scores are length-normalised log-likelihoods, i.e. negative numbers: LlamaIndex's
-    ``SimilarityPostprocessor`` (whose cutoff is a similarity, default None/0) would drop every hit at a
-    cutoff of 0 — use a negative cutoff such as ``similarity_cutoff=-2.0``, or rank-based postprocessors.
+    ``NodeWithScore.score`` is the document's decoding score, whose scale depends on the scoring mode
+    (``docs/llamaindex.md``, "Scores"): the paper's length-normalised clue log-likelihood (always <= 0) or
+    a prior-calibrated one (``prior_weight > 0``, as the shipped checkpoint: either sign). For cutoffs,
+    ``node.metadata["score_softmax"]`` holds the document's softmax share over every document the search
+    reached (in [0, 1], whatever the mode; independent of ``similarity_top_k``), and
+    ``normalize_scores=True`` makes that share the score, so ``SimilarityPostprocessor(similarity_cutoff=0.2)``
+    keeps the documents holding at least a fifth of it.
 
     ``tagger`` (optional): any image input -> hint string (``gemkr_llamaindex.tags.hint_tagger()``); it
     fills the visual-tags slot when a query brings no tags of its own.
@@ -56,6 +75,7 @@ class GeMKRRetriever(BaseRetriever):
         verbose: bool = False,
         batch_window_ms: float | None = None,
         max_batch: int = 8,
+        normalize_scores: bool = False,
     ) -> None:
         if similarity_top_k < 1:
             raise ValueError("similarity_top_k must be >= 1")
@@ -68,6 +88,7 @@ class GeMKRRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.tagger = tagger
         self.batch_window_ms, self.max_batch = batch_window_ms, max_batch
+        self.normalize_scores = normalize_scores
         self._batcher = None
         if batch_window_ms is not None:
             from gemkr_llamaindex.llamaindex.batching import MicroBatcher
@@ -155,7 +176,7 @@ class GeMKRRetriever(BaseRetriever):
 
     def retrieve_batch(self, queries: Sequence[QueryBundle | str]) -> list[list[NodeWithScore]]:
         """Retrieve for many queries with batched decoding (evaluation throughput)."""
-        return [self._hits(res) for res in self.results(queries)]
+        return [self._shared(self._hits(res), res) for res in self.results(queries)]
 
     def _hits(self, res: QueryResult) -> list[NodeWithScore]:
         hits = []
@@ -170,12 +191,27 @@ class GeMKRRetriever(BaseRetriever):
             hits.append(NodeWithScore(node=node, score=float(doc.score)))
         return hits
 
+    def _shared(self, hits: list[NodeWithScore], res: QueryResult) -> list[NodeWithScore]:
+        """Each hit's softmax share of the scores of every document ``res`` reached, in its metadata (and
+        as its score with ``normalize_scores``)."""
+        shares = dict(zip((d.doc_id for d in res.docs), softmax([float(d.score) for d in res.docs])))
+        for hit in hits:
+            share = shares[hit.node.node_id]
+            hit.node.metadata[SHARE_KEY] = share
+            for keys in (hit.node.excluded_llm_metadata_keys, hit.node.excluded_embed_metadata_keys):
+                if SHARE_KEY not in keys:
+                    keys.append(SHARE_KEY)
+            if self.normalize_scores:
+                hit.score = share
+        return hits
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         if self._batcher is None:
             return self.retrieve_batch([query_bundle])[0]
         bundle = self._bundle(query_bundle)
         self.generator.validate([bundle])  # a bad query fails its own call, never its batch-mates'
-        return self._hits(self._batcher(bundle))
+        res = self._batcher(bundle)
+        return self._shared(self._hits(res), res)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # decoding is CPU/GPU-bound: run it in a worker thread so the event loop stays free; every call
