@@ -227,6 +227,21 @@ def test_vqa_tool_called_directly_and_its_errors(watched, photo):
         vqa_tool("not an engine")
 
 
+def test_the_stock_retriever_evaluator_drops_the_picture_and_the_vqa_evaluator_sends_it(watched, photo):
+    from llama_index.core.evaluation import RetrieverEvaluator
+
+    from eval_vqa.evaluator import VQARetrieverEvaluator
+
+    retriever, asked = watched
+    stock = RetrieverEvaluator.from_metric_names(["hit_rate"], retriever=retriever)
+    stock.evaluate("Which family?", expected_ids=["Cat"])  # aretrieve(query_str): nowhere to put a picture
+    assert asked[-1].image_path is None and asked[-1].tags is None
+    result = VQARetrieverEvaluator(retriever=retriever, ks=[1]).evaluate(
+        "Which family?", expected_ids=["Cat"], expected_texts=["felidae"], image_path=str(photo))
+    assert asked[-1].image_path == str(photo) and asked[-1].tags == "48x32 picture"
+    assert "Hit@1 (gold)" in result.metric_dict
+
+
 # ------------------------------------------------------------------------------------------------ 2. offline defaults
 def test_as_query_engine_is_the_vqa_engine_with_the_packaged_reader_offline(index):
     from reader import VQAQueryEngine, VQAReader

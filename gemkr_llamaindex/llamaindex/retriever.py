@@ -168,6 +168,12 @@ class GeMKRRetriever(BaseRetriever):
             node = self.docstore.get_node(doc_id, raise_error=False)
         if node is None:  # a bare KB: build the node from the stored text
             node = TextNode(id_=doc_id, text=self.kb.text(doc_index))
+        if not isinstance(node, TextNode):  # a Document: since LlamaIndex 0.14 not a TextNode, and NodeWithScore.text
+            # (the stock RetrieverEvaluator reads it) refuses anything else
+            return TextNode(id_=node.node_id, text=node.get_content(), metadata=copy.deepcopy(node.metadata),
+                            excluded_llm_metadata_keys=list(node.excluded_llm_metadata_keys),
+                            excluded_embed_metadata_keys=list(node.excluded_embed_metadata_keys),
+                            relationships=copy.deepcopy(node.relationships))
         return node.model_copy(deep=True)
 
     def results(self, queries: Sequence[QueryBundle | str], stats: SearchStats | None = None) -> list[QueryResult]:
