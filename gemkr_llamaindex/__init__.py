@@ -19,6 +19,8 @@ _LAZY = {
     "GeMKRIndex": "gemkr_llamaindex.llamaindex",
     "GeMKRRetriever": "gemkr_llamaindex.llamaindex",
     "MultimodalFusionRetriever": "gemkr_llamaindex.llamaindex",
+    "ImageBoundQueryEngine": "gemkr_llamaindex.llamaindex",
+    "vqa_tool": "gemkr_llamaindex.llamaindex",
     "ClueGenerator": "gemkr_llamaindex.llamaindex",
     "VQAQueryBundle": "gemkr_llamaindex.llamaindex",
     "DecodingConfig": "gemkr_llamaindex.decoding",
@@ -38,8 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover
         ClueGenerator,
         GeMKRIndex,
         GeMKRRetriever,
+        ImageBoundQueryEngine,
         MultimodalFusionRetriever,
         VQAQueryBundle,
+        vqa_tool,
     )
     from gemkr_llamaindex.model.config import GeMKRConfig
     from gemkr_llamaindex.model.gemkr import GeMKRModel
@@ -53,6 +57,7 @@ __all__ = [
     "GeMKRIndex",
     "GeMKRModel",
     "GeMKRRetriever",
+    "ImageBoundQueryEngine",
     "KBError",
     "KnowledgeBase",
     "MultimodalFusionRetriever",
@@ -62,6 +67,7 @@ __all__ = [
     "hint_tagger",
     "load_image",
     "train",
+    "vqa_tool",
 ]
 
 
