@@ -81,10 +81,10 @@ def main() -> int:
               flush=True)
     print(f"\ncommand: {' '.join(sys.argv)}\n")
     print(f"| GeMKR setting ({name}{', tags' if tags else ''}) | R@1 (gold) | R@5 (gold) | R@10 (gold) | "
-          "MRR (gold) | ms/query (p50) |\n|---|---|---|---|---|---|")
+          "MRR@10 (gold) | ms/query (p50) |\n|---|---|---|---|---|---|")
     for row, r in rows:
         print(f"| {row} | {100 * r['R@1 (gold)']:.1f} | {100 * r['R@5 (gold)']:.1f} | {100 * r['R@10 (gold)']:.1f} | "
-              f"{100 * r['MRR (gold)']:.1f} | {r['latency_ms_p50']:.0f} |")
+              f"{100 * r['MRR@10 (gold)']:.1f} | {r['latency_ms_p50']:.0f} |")
     return 0
 
 

@@ -74,7 +74,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_commands(sub) -> None:
-    r = sub.add_parser("retrieval", help="retrieval metrics (PRP/PRR@K, gold P/R@K, MRR) per retriever")
+    r = sub.add_parser("retrieval", help="retrieval metrics (PRP/PRR@K, gold P/R/Hit@K, MRR@K) per retriever")
     _add_common(r)
     e = sub.add_parser("e2e", help="retrieve, answer with an answerer, score VQA accuracy")
     _add_common(e)

@@ -22,6 +22,12 @@ from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 from .metrics import RELEVANCE_MODES, retrieval_scores
 
 
+class VQARetrievalEvalResult(RetrievalEvalResult):
+    """``RetrievalEvalResult`` plus the retriever's score of each retrieved node (for TREC run files)."""
+
+    retrieved_scores: list[float | None] = Field(default_factory=list, description="scores, retrieval order")
+
+
 class VQARetrieverEvaluator(RetrieverEvaluator):
     """Evaluate a retriever on image + question queries with the metrics of DESIGN.md.
 
@@ -57,7 +63,7 @@ class VQARetrieverEvaluator(RetrieverEvaluator):
         expected_ids: list[str],
         expected_texts: list[str] | None = None,
         mode: RetrievalEvalMode = RetrievalEvalMode.TEXT,
-    ) -> RetrievalEvalResult:
+    ) -> VQARetrievalEvalResult:
         """Score already retrieved (and postprocessed) ``nodes`` for ``query``.
 
         What :meth:`aevaluate` does after retrieving; the end-to-end runner retrieves itself, because
@@ -70,7 +76,7 @@ class VQARetrieverEvaluator(RetrieverEvaluator):
         metric_dict = {name: RetrievalMetricResult(score=value) for name, value in scores.items()}
         for metric in self.metrics:
             metric_dict[metric.metric_name] = metric.compute(bundle.query_str, expected_ids, ids, expected_texts, texts)
-        return RetrievalEvalResult(
+        return VQARetrievalEvalResult(
             query=bundle.query_str, expected_ids=expected_ids, expected_texts=expected_texts, retrieved_ids=ids,
-            retrieved_texts=texts, mode=mode, metric_dict=metric_dict,
+            retrieved_texts=texts, mode=mode, metric_dict=metric_dict, retrieved_scores=[n.score for n in nodes],
         )

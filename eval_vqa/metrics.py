@@ -5,10 +5,20 @@ can use them); :func:`aggregate` averages per-query records second. Every value 
 name that states its variant, e.g. ``"PRR@5 (substring)"`` or ``"R@10 (gold)"``, built by
 :func:`metric_name`, so a reported number is never ambiguous.
 
+Gold-id metrics and their trec_eval / ir_measures names (a run's ``trec/`` files reproduce them):
+``R@K (gold)`` is the share of a query's gold documents in the top K (``recall_K``, ``R@K``);
+``Hit@K (gold)`` is 1 when any gold document is in the top K (``success_K``, ``Success@K``; what the
+GeMKR paper and most KB-VQA papers call R@K); with one gold document per query the two are equal.
+``P@K (gold)`` is ``P_K`` and ``MRR@K (gold)`` the reciprocal rank of the first gold document within
+the top K (``recip_rank`` over the top K, ``RR@K``). Pseudo-relevance ``PRR@K`` / ``PRP@K`` are
+``Success@K`` / ``P@K`` against the answer-containment judgments of the retrieved passages.
+
 Pseudo-relevance (no gold passages, as in OK-VQA): a passage is relevant if it contains a gold answer.
 
-* ``substring`` - ``answer.lower() in passage.lower()``, the VRR / GeMKR convention. Short answers
-  over-match: ``"no"`` is inside ``"not"``, ``"1"`` inside ``"1990"``.
+* ``substring`` - ``answer.lower() in passage.lower()``. The VRR and GeMKR evaluation scripts test
+  ``ans in passage.lower()``: they lowercase the passage but not the answer. OK-VQA's answers are all
+  lowercase, so there the two agree query for query; an answer with a capital letter ("NASA") can
+  only match here. Short answers over-match: ``"no"`` is inside ``"not"``, ``"1"`` inside ``"1990"``.
 * ``word`` - ``re.search(r"\\b" + re.escape(answer.lower()) + r"\\b", passage.lower())``: the answer
   must start and end at word boundaries. (An answer whose first or last character is not a word
   character, such as ``"c++"``, has no ``\\b`` there and so never word-matches; this is the literal
@@ -50,8 +60,9 @@ def _clean_answers(answers: Iterable[str]) -> list[str]:
 def is_relevant(passage: str, answers: Iterable[str], mode: RelevanceMode = "substring") -> bool:
     """True if ``passage`` contains any answer (case-insensitive), under the given variant.
 
-    ``substring``: ``ans in passage.lower()``. ``word``: ``\\bans\\b`` on the lowercased passage.
-    Empty answers are ignored (they would match everything).
+    ``substring``: ``ans.lower() in passage.lower()`` (VRR/GeMKR's scripts leave ``ans`` as it is: the
+    same on OK-VQA's lowercase answers, see the module docstring). ``word``: ``\\bans\\b`` on the
+    lowercased passage. Empty answers are ignored (they would match everything).
     """
     text = passage.lower()
     cleaned = _clean_answers(answers)
@@ -114,7 +125,7 @@ def recall_at_k(retrieved_ids: Sequence[str], gold_ids: Iterable[str], k: int) -
 
 
 def hit_at_k(retrieved_ids: Sequence[str], gold_ids: Iterable[str], k: int) -> float:
-    """1.0 if any gold id is in the top ``k``, else 0.0 (success@K)."""
+    """1.0 if any gold id is in the top ``k``, else 0.0 (trec ``success_K``; the GeMKR paper's R@K)."""
     _check_k(k)
     gold = set(gold_ids)
     return float(any(doc_id in gold for doc_id in retrieved_ids[:k]))
@@ -298,7 +309,9 @@ def retrieval_scores(
     """Every retrieval metric for one query, keyed by canonical name.
 
     Pseudo-relevance metrics (PRP/PRR, one per mode) need ``answers``; gold-id metrics (P/R/Hit@K,
-    MRR) are added only when ``gold_ids`` is non-empty.
+    MRR@max(ks)) are added only when ``gold_ids`` is non-empty. MRR is cut at the largest K and named by
+    it (``MRR@10 (gold)``): a retriever returns at most that many hits, so an uncut MRR silently changed
+    meaning with ``ks``.
     """
     out: dict[str, float] = {}
     for k in ks:
@@ -311,7 +324,7 @@ def retrieval_scores(
             out[metric_name("R", k, "gold")] = recall_at_k(retrieved_ids, gold_ids, k)
             out[metric_name("Hit", k, "gold")] = hit_at_k(retrieved_ids, gold_ids, k)
     if gold_ids:
-        out[metric_name("MRR", None, "gold")] = mrr(retrieved_ids, gold_ids)
+        out[metric_name("MRR", max(ks), "gold")] = mrr(retrieved_ids, gold_ids, max(ks))
     return out
 
 

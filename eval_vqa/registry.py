@@ -186,7 +186,8 @@ def _gemkr_scored(scoring: str):
 
 def _gemkr_bm25(docs: list, o: dict):
     """GeMKR and BM25 fused by reciprocal rank (LlamaIndex ``QueryFusionRetriever``, no query generation)."""
-    from .fusion import MultimodalFusionRetriever
+    from gemkr_llamaindex.llamaindex.fusion import MultimodalFusionRetriever
+
     from .gemkr import gemkr_retriever
 
     return MultimodalFusionRetriever([gemkr_retriever(docs, o), _bm25(docs, o)], similarity_top_k=o["top_k"],

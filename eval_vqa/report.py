@@ -11,9 +11,19 @@ ORACLE_MARK = "(oracle)"
 """Part of the label of every row whose retriever is an oracle (it reads the gold annotations)."""
 
 RELEVANCE_TEXT = {
-    "substring": "substring (answer in passage.lower(), as VRR/GeMKR)",
+    "substring": "substring (answer.lower() in passage.lower(); VRR/GeMKR's scripts leave the answer as it is, "
+                 "the same on lowercase answers)",
     "word": "word (\\banswer\\b in passage.lower())",
 }
+
+GOLD_TEXT = (
+    "Gold-id metrics: R@K is the share of a query's gold documents in the top K (trec recall_K); Hit@K is 1 when "
+    "any gold document is in the top K (trec success_K, the R@K of the GeMKR paper); MRR@K is the reciprocal rank "
+    "of the first gold document within the top K."
+)
+
+#: Superscript letters that mark the rows a cell is significantly better than (a-p: no superscript q exists).
+SUPERSCRIPTS = "ᵃᵇᶜᵈᵉᶠᵍʰⁱʲᵏˡᵐⁿᵒᵖ"
 
 
 def _fmt(value: float | None, percent: bool = True) -> str:
@@ -22,21 +32,34 @@ def _fmt(value: float | None, percent: bool = True) -> str:
     return f"{100 * value:.1f}" if percent else f"{value:.1f}"
 
 
-def markdown_table(results: dict, e2e: bool = False) -> str:
-    """All retrievers as rows; PRP/PRR@K under the run's relevance variant, gold-id R@K and MRR when the
-    dataset has gold ids, answer metrics for e2e runs, and mean latency."""
+def quality_columns(results: dict, e2e: bool = False) -> list[tuple[str, str]]:
+    """(metric name, column title) of the table's per-query metrics: answers (e2e), PRR/PRP@K under the run's
+    relevance variant, and, when the dataset has gold ids, R@K, Hit@K and MRR@K."""
     ks = results["config"]["ks"]
     variant = results["relevance"]
     rows = results["retrievers"]
-    has_gold = any(metric_name("R", ks[0], "gold") in r for r in rows.values())
-    cols: list[tuple[str, str, bool]] = []
+    cols: list[tuple[str, str]] = []
     if e2e:
-        cols += [("VQA acc (leave-one-out)", "VQA acc", True), ("EM (VQA-normalised)", "EM", True)]
-    cols += [(metric_name("PRR", k, variant), f"PRR@{k}", True) for k in ks]
-    cols += [(metric_name("PRP", k, variant), f"PRP@{k}", True) for k in ks]
-    if has_gold:
-        cols += [(metric_name("R", k, "gold"), f"R@{k} (gold)", True) for k in ks]
-        cols += [(metric_name("MRR", None, "gold"), "MRR (gold)", True)]
+        cols += [("VQA acc (leave-one-out)", "VQA acc"), ("EM (VQA-normalised)", "EM")]
+    cols += [(metric_name("PRR", k, variant), f"PRR@{k}") for k in ks]
+    cols += [(metric_name("PRP", k, variant), f"PRP@{k}") for k in ks]
+    if any(metric_name("R", ks[0], "gold") in r for r in rows.values()):
+        cols += [(metric_name("R", k, "gold"), f"R@{k} (gold)") for k in ks]
+        cols += [(metric_name("Hit", k, "gold"), f"Hit@{k} (gold)") for k in ks]
+        cols += [(metric_name("MRR", max(ks), "gold"), f"MRR@{max(ks)} (gold)")]
+    return cols
+
+
+def markdown_table(results: dict, e2e: bool = False) -> str:
+    """All retrievers as rows (:func:`quality_columns`, then mean latency). With ``results["significance"]``
+    (:func:`eval_vqa.significance.compare`) each row gets a key letter (first column) and each cell the
+    superscript letters of the rows it is significantly better than."""
+    variant = results["relevance"]
+    rows = results["retrievers"]
+    cols: list[tuple[str, str, bool]] = [(key, title, True) for key, title in quality_columns(results, e2e)]
+    has_gold = any(key.startswith("Hit@") for key, _, _ in cols)
+    significance = results.get("significance") if len(rows) <= len(SUPERSCRIPTS) else None
+    letter = {label: "abcdefghijklmnop"[i] for i, label in enumerate(rows)} if significance else {}
     if e2e:
         cols += [("retrieval_ms_mean", "retrieval ms/query", False), ("latency_ms_mean", "total ms/query", False)]
     else:
@@ -48,12 +71,19 @@ def markdown_table(results: dict, e2e: bool = False) -> str:
             "Values in %, mean over queries; PRP@K divides by K even when fewer passages came back."
         ),
         "",
-        "| retriever | " + " | ".join(title for _, title, _ in cols) + " |",
-        "|---|" + "---:|" * len(cols),
+        ("| key " if significance else "") + "| retriever | " + " | ".join(title for _, title, _ in cols) + " |",
+        ("|---" if significance else "") + "|---|" + "---:|" * len(cols),
     ]
     for label, summary in rows.items():
-        cells = [_fmt(summary.get(key), pct) for key, _, pct in cols]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = [_fmt(summary.get(key), pct) + _marks(significance, key, label, letter) for key, _, pct in cols]
+        key = f"| {letter[label]} " if significance else ""
+        lines.append(f"{key}| {label} | " + " | ".join(cells) + " |")
+    if has_gold:
+        lines += ["", GOLD_TEXT]
+    if significance:
+        from .significance import METHOD
+
+        lines += ["", f"A superscript letter in a cell: better than the row with that key, by a {METHOD}."]
     if e2e:
         cfg = results["config"]
         norm = cfg.get("vqa_normalize") or "official"
@@ -68,6 +98,11 @@ def markdown_table(results: dict, e2e: bool = False) -> str:
         lines += ["", f"Rows marked `{ORACLE_MARK}` are not retrievers: they hand the answerer the query's gold "
                   "documents, an upper bound for the answerer on this corpus."]
     return "\n".join(lines) + "\n"
+
+
+def _marks(significance: dict | None, key: str, label: str, letter: dict[str, str]) -> str:
+    beaten = ((significance or {}).get(key) or {}).get(label, {}).get("better_than", [])
+    return "".join(SUPERSCRIPTS["abcdefghijklmnop".index(letter[b])] for b in sorted(beaten, key=list(letter).index))
 
 
 def plot_results(results: dict, out_dir: Path) -> list[Path]:
@@ -89,6 +124,9 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
         if metric_name("R", ks[0], "gold") in s:
             ax.plot(ks, [100 * s[metric_name("R", k, "gold")] for k in ks], marker="s", linestyle="--",
                     color=color, label=f"{label} R (gold)")
+        if metric_name("Hit", ks[0], "gold") in s:
+            ax.plot(ks, [100 * s[metric_name("Hit", k, "gold")] for k in ks], marker="^", linestyle=":",
+                    color=color, label=f"{label} Hit (gold)")
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K (%)")
     ax.set_xticks(ks)

@@ -233,6 +233,11 @@ def query_item(q: VQAQuery, image_path: str | None, tags: str | None) -> dict:
             "image_path": image_path, "tags": tags}
 
 
+def _ranking(res: Any) -> list[list]:
+    """The full ranked list with the retriever's scores, ``[[doc_id, score], ...]`` (for TREC run files)."""
+    return [[doc_id, score] for doc_id, score in zip(res.retrieved_ids, res.retrieved_scores)]
+
+
 class RetrievalScorer:
     """One retriever, built once (``build_retriever(name, docs, options)``); ``scorer(item)`` scores one query
     (a :func:`query_item`) and returns its ``per_query.jsonl`` record. The local loop and every Ray worker use it."""
@@ -253,7 +258,7 @@ class RetrievalScorer:
         return {
             "retriever": self.label, "qid": item["qid"], "latency_s": time.perf_counter() - t,
             "retrieved_ids": res.retrieved_ids, "metrics": res.metric_vals_dict,
-            "build_s": self.build_s, "tags": item["tags"],
+            "build_s": self.build_s, "tags": item["tags"], "ranking": _ranking(res),
         }
 
 
@@ -286,7 +291,7 @@ class E2EScorer:
         return {
             "retriever": self.label, "qid": item["qid"], "latency_s": t_end - t, "retrieval_latency_s": t_ret,
             "answer_latency_s": t_end - t_ans, "prediction": prediction, "answers": item["answers"],
-            "retrieved_ids": res.retrieved_ids[:k], "metrics": metrics,
+            "retrieved_ids": res.retrieved_ids[:k], "metrics": metrics, "ranking": _ranking(res),
         }
 
 
@@ -303,6 +308,19 @@ def _score_todo(scorer_cls: type, kwargs: dict, items: list[dict], run: RunDir, 
         records = score_on_ray(scorer_cls, kwargs, items, ray)
     for record in tqdm(records, total=len(items), desc=label, disable=not progress):
         run.append(record)
+
+
+def _publish(results: dict, run: RunDir, labels: Sequence[str], queries: Sequence[VQAQuery], docs: list,
+             e2e: bool) -> None:
+    """What a paper needs beside the means: paired significance tests between the rows on the table's
+    metrics (``results["significance"]``) and TREC run and qrels files (``trec/``)."""
+    from .report import quality_columns
+    from .significance import compare
+    from .trec import write_trec
+
+    metrics = [key for key, _ in quality_columns(results, e2e)]
+    results["significance"] = compare(run.records, labels, [q.qid for q in queries], metrics)
+    write_trec(run.path, run.records, labels, queries, docs)
 
 
 def run_retrieval(
@@ -344,6 +362,7 @@ def run_retrieval(
         "relevance": config.relevance,
         "retrievers": summarize(run.records, labels, [q.qid for q in queries]),
     }
+    _publish(results, run, labels, queries, docs, e2e=False)
     write_reports(results, run.path)
     return results
 
@@ -396,6 +415,7 @@ def run_e2e(
         "relevance": config.relevance,
         "retrievers": summarize(run.records, labels, [q.qid for q in queries]),
     }
+    _publish(results, run, labels, queries, docs, e2e=True)
     write_reports(results, run.path, e2e=True)
     return results
 

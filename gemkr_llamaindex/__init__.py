@@ -18,6 +18,9 @@ _LAZY = {
     "KBError": "gemkr_llamaindex.kb",
     "GeMKRIndex": "gemkr_llamaindex.llamaindex",
     "GeMKRRetriever": "gemkr_llamaindex.llamaindex",
+    "MultimodalFusionRetriever": "gemkr_llamaindex.llamaindex",
+    "ImageBoundQueryEngine": "gemkr_llamaindex.llamaindex",
+    "vqa_tool": "gemkr_llamaindex.llamaindex",
     "ClueGenerator": "gemkr_llamaindex.llamaindex",
     "VQAQueryBundle": "gemkr_llamaindex.llamaindex",
     "DecodingConfig": "gemkr_llamaindex.decoding",
@@ -33,7 +36,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
-    from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever, VQAQueryBundle
+    from gemkr_llamaindex.llamaindex import (
+        ClueGenerator,
+        GeMKRIndex,
+        GeMKRRetriever,
+        ImageBoundQueryEngine,
+        MultimodalFusionRetriever,
+        VQAQueryBundle,
+        vqa_tool,
+    )
     from gemkr_llamaindex.model.config import GeMKRConfig
     from gemkr_llamaindex.model.gemkr import GeMKRModel
     from gemkr_llamaindex.tags import hint_tagger
@@ -46,14 +57,17 @@ __all__ = [
     "GeMKRIndex",
     "GeMKRModel",
     "GeMKRRetriever",
+    "ImageBoundQueryEngine",
     "KBError",
     "KnowledgeBase",
+    "MultimodalFusionRetriever",
     "TrainConfig",
     "VQAQueryBundle",
     "__version__",
     "hint_tagger",
     "load_image",
     "train",
+    "vqa_tool",
 ]
 
 

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gemkr_llamaindex.distribution import check_top_level
+
+check_top_level(__name__)  # PyPI's unrelated `reader` installs the same top-level name: fail clearly, not oddly
+
 __all__ = ["DEFAULT_VQA_TEMPLATE", "VQAQueryEngine", "VQAReader", "build_vqa_message", "short_answer"]
 
 _WHERE = {

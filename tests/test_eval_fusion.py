@@ -1,12 +1,16 @@
-"""``gemkr+bm25``: GeMKR fused with BM25 through LlamaIndex's QueryFusionRetriever, bundle intact."""
+"""The hybrid (``MultimodalFusionRetriever``, ``gemkr+bm25`` in eval-vqa): GeMKR fused with BM25 through
+LlamaIndex's QueryFusionRetriever, the picture in every query, one node per document."""
 
 from __future__ import annotations
 
 import pytest
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
+from llama_index.core.llms import CustomLLM
+from llama_index.core.retrievers import QueryFusionRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from eval_vqa.fusion import MultimodalFusionRetriever
+from gemkr_llamaindex.llamaindex.fusion import MultimodalFusionRetriever
 from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
 
@@ -46,7 +50,6 @@ def test_rrf_by_node_id_with_the_bundle_passed_through(use_async):
 def test_stock_query_fusion_splits_a_document_seen_with_different_metadata():
     # why the subclass exists: QueryFusionRetriever identifies nodes by text + metadata hash
     from llama_index.core.llms import MockLLM
-    from llama_index.core.retrievers import QueryFusionRetriever
 
     gemkr = Fixed([("d1", -0.2, {"clues": [{"text": "c1"}]}), ("d2", -0.4, {"clues": [{"text": "c2"}]})])
     bm25 = Fixed([("d2", 3.0, {}), ("d3", 2.0, {})])
@@ -69,9 +72,57 @@ def test_the_hybrid_is_reported_beside_pure_gemkr():
     assert with_companions(["bm25", "dense"]) == ["bm25", "dense"]
 
 
-def test_query_generation_is_refused():
-    with pytest.raises(ValueError, match="num_queries=4"):
+class Rewriter(CustomLLM):
+    """A scripted query-writing LLM: always the same two rewrites."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata()
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs) -> CompletionResponse:
+        return CompletionResponse(text="felid family of the animal\ncat taxonomy")
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs):
+        yield self.complete(prompt)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_generated_queries_keep_the_picture_and_the_tags(tmp_path, use_async):
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (8, 8), (200, 120, 40)).save(image)
+    bundle = VQAQueryBundle(query_str="Which family does this animal belong to?", image_path=str(image), tags="tabby")
+    # the stock class rebuilds generated queries as QueryBundle(text): the picture is gone
+    seen_stock = Fixed([("d1", 1.0, {})])
+    QueryFusionRetriever([seen_stock], llm=Rewriter(), num_queries=3, use_async=use_async,
+                         mode="reciprocal_rerank").retrieve(bundle)
+    assert [q.image_path for q in seen_stock.seen] == [str(image), None, None]
+    gemkr, bm25 = Fixed([("d1", -0.2, {}), ("d2", -0.4, {})]), Fixed([("d2", 3.0, {})])
+    fused = MultimodalFusionRetriever([gemkr, bm25], llm=Rewriter(), num_queries=3, use_async=use_async)
+    hits = fused.retrieve(bundle)
+    for seen in (gemkr.seen, bm25.seen):
+        assert [q.query_str for q in seen] == [bundle.query_str, "felid family of the animal", "cat taxonomy"]
+        assert all(q.image_path == str(image) and q.tags == "tabby" for q in seen)
+        assert seen[0] is bundle and all(q.loaded_image() is bundle.loaded_image() for q in seen)  # decoded once
+    assert [h.node.node_id for h in hits] == ["d2", "d1"]  # d2: 3 x (1/61 + 1/60); d1: 3 x 1/60
+
+
+def test_query_generation_needs_an_explicit_llm_and_nothing_needs_settings_llm():
+    with pytest.raises(ValueError, match="pass llm="):
         MultimodalFusionRetriever([Fixed([])], num_queries=4)
+    # the stock class resolves Settings.llm even when it will never generate a query (OpenAI: offline, an error)
+    with pytest.raises((ImportError, ValueError), match="openai"):
+        QueryFusionRetriever([Fixed([])], num_queries=1)
+    assert MultimodalFusionRetriever([Fixed([("d1", 1.0, {})])]).retrieve("q")[0].node.node_id == "d1"
+
+
+def test_the_hybrid_lives_in_the_library_and_the_eval_name_still_works():
+    import eval_vqa.fusion
+    import llama_index.retrievers.gemkr as integration
+
+    assert eval_vqa.fusion.MultimodalFusionRetriever is MultimodalFusionRetriever
+    assert integration.MultimodalFusionRetriever is MultimodalFusionRetriever
 
 
 def test_gemkr_bm25_registry_entry_sends_image_and_tags_to_gemkr(tmp_path):

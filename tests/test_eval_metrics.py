@@ -227,8 +227,36 @@ def test_per_query_bundle_has_canonical_names():
     )
     assert scores[metric_name("PRR", 1, "substring")] == 1.0 == scores["PRR@1 (substring)"]
     assert scores["PRP@5 (word)"] == pytest.approx(1 / 5)
-    assert scores["P@1 (gold)"] == 0.0 and scores["R@5 (gold)"] == 1.0 and scores["MRR (gold)"] == 0.5
+    assert scores["P@1 (gold)"] == 0.0 and scores["R@5 (gold)"] == 1.0 and scores["MRR@5 (gold)"] == 0.5
+    assert "MRR (gold)" not in scores  # MRR is named by its cut, the largest K
+    cut = retrieval_scores(["x"] * 3, ["a", "b", "g"], ["x"], ["g"], ks=[1, 2])
+    assert cut["MRR@2 (gold)"] == 0.0 and cut["Hit@2 (gold)"] == 0.0  # the gold document at rank 3 is past the cut
     assert "P@1 (gold)" not in retrieval_scores(["x"], ["a"], ["x"], None, ks=[1])
     # official VQA accuracy compares raw strings when all ten agree; EM always normalises
     assert answer_scores("two", ["2"] * 10) == {"VQA acc (leave-one-out)": 0.0, "EM (VQA-normalised)": 1.0}
     assert answer_scores("two", ["2"] * 10, vqa_normalize="always")["VQA acc (leave-one-out)"] == 1.0
+
+
+def test_hit_at_k_and_recall_at_k_differ_with_several_gold_documents():
+    """R@K (trec recall_K): the share of gold documents found; Hit@K (trec success_K, the GeMKR paper's R@K):
+    whether any was found."""
+    scores = retrieval_scores(["x"] * 2, ["g1", "a"], [], ["g1", "g2", "g3", "g4"], ks=[1, 2])
+    assert scores["R@2 (gold)"] == 0.25 and scores["Hit@2 (gold)"] == 1.0 and scores["Hit@1 (gold)"] == 1.0
+
+
+def test_substring_relevance_agrees_with_the_vrr_expression_on_lowercase_answers():
+    """VRR/GeMKR's scripts test ``ans in passage.lower()`` (the answer as it is); ours lowercases both. On
+    lowercase answers (all of OK-VQA's) the two agree: here on the mini benchmark's answers against its gold
+    passages; a capitalised answer can only match ours."""
+    from eval_vqa.loaders import load_dataset
+
+    mini = load_dataset("mini")
+    texts = dict(mini.corpus())
+    pairs = [(a, texts[g]) for q in mini.queries for a in q.answers for g in q.gold_doc_ids]
+    lowercase = [(a, p) for a, p in pairs if a == a.lower()]
+    assert len(lowercase) > 40 and any(a in p.lower() for a, p in lowercase)
+    for answer, passage in lowercase:
+        assert is_relevant(passage, [answer], "substring") == (answer in passage.lower())
+    # the mini benchmark also has capitalised answers ("Felidae"): found here, never by the VRR expression
+    capitalised = [(a, p) for a, p in pairs if a != a.lower()]
+    assert capitalised and all(is_relevant(p, [a], "substring") and a not in p.lower() for a, p in capitalised)

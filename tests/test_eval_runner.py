@@ -63,7 +63,7 @@ def test_mini_retrieval_bm25_dense_end_to_end(mini, tmp_path):
         assert s["PRR@10 (substring)"] >= s["PRR@10 (word)"]  # substring relevance is the looser one
         assert s["PRP@10 (substring)"] <= s["PRR@10 (substring)"]
     md = (out / "results.md").read_text()
-    assert "| bm25 |" in md and "| dense |" in md and "substring (answer in passage.lower()" in md
+    assert "| bm25 |" in md and "| dense |" in md and "substring (answer.lower() in passage.lower()" in md
     for png in ("recall_at_k.png", "latency.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     records = lines(out / "per_query.jsonl")

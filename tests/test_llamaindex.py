@@ -98,7 +98,7 @@ def test_query_engine_end_to_end_and_postprocessor(index):
     response = engine.query("Where is the Eiffel Tower?")
     assert response.source_nodes and str(response)
     assert all("clues" in n.node.metadata for n in response.source_nodes)
-    qe = index.as_query_engine(llm=MockLLM(max_tokens=8), similarity_top_k=2, response_mode="compact")
+    qe = index.as_query_engine(llm=MockLLM(max_tokens=8), similarity_top_k=2)  # reader.VQAQueryEngine, MockLLM reads
     assert len(qe.query("Where is the Eiffel Tower?").source_nodes) <= 2
 
 

@@ -62,6 +62,11 @@ class ClueGenerator:
             warning); either way before any forward pass.
     """
 
+    #: How to build this generator again, set by :meth:`zero_shot_llm` / :meth:`from_checkpoint`
+    #: (``{"llm": name}`` or ``{"checkpoint": path}``); None for one built from in-memory models. A
+    #: persisted index records it (:mod:`gemkr_llamaindex.llamaindex.persist`) and rebuilds from it.
+    origin: dict[str, str] | None = None
+
     def __init__(
         self,
         *,
@@ -123,7 +128,9 @@ class ClueGenerator:
         from gemkr_llamaindex.model.llm import load_llm
 
         model, tok = load_llm(llm)
-        return cls(llm=model, tokenizer=tok, **kwargs)
+        gen = cls(llm=model, tokenizer=tok, **kwargs)
+        gen.origin = {"llm": str(Path(llm).resolve()) if Path(llm).exists() else str(llm)}  # a path, or a name
+        return gen
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str = "cpu", config: DecodingConfig | None = None,
@@ -135,7 +142,9 @@ class ClueGenerator:
 
         model = GeMKRModel.from_pretrained(checkpoint, device=device)
         model.eval().merge_lora()
-        return cls(model=model, config=config or checkpoint_decoding_config(checkpoint), **kwargs)
+        gen = cls(model=model, config=config or checkpoint_decoding_config(checkpoint), **kwargs)
+        gen.origin = {"checkpoint": str(Path(checkpoint).resolve())}
+        return gen
 
     # ------------------------------------------------------------------ the KB
     def check_kb(self, kb: Any) -> None:

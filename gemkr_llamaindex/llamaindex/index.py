@@ -5,7 +5,9 @@ docstore. ``persist(dir)`` writes the storage context and a copy of the KB (``di
 records the KB's build id in the index struct; ``GeMKRIndex.from_persist_dir(dir)`` opens only the KB
 inside ``dir`` and refuses one whose build id differs (a persist dir never opens another index's KB).
 ``load_index_from_storage`` also returns a GeMKRIndex once this module is imported (the index type is
-registered with LlamaIndex's registries).
+registered with LlamaIndex's registries; LlamaIndex offers no hook to find it otherwise, so the recorded
+type names the import to run). The index struct also records the generator's spec (model location,
+fingerprint, decoding settings): a loaded index rebuilds its generator on ``as_retriever()``.
 
 The index owns the KB; a :class:`ClueGenerator` holds none. ``as_retriever(generator=...)`` binds the
 generator to this index's KB (checking the tokenizer), so one generator serves any number of indexes.
@@ -32,24 +34,29 @@ from llama_index.core.storage.storage_context import StorageContext
 
 from gemkr_llamaindex.kb import KnowledgeBase
 from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
+from gemkr_llamaindex.llamaindex.persist import KB_SUBDIR, generator_spec, inside, load_generator
 from gemkr_llamaindex.llamaindex.retriever import GeMKRRetriever
 
-STRUCT_TYPE = "gemkr"
-KB_SUBDIR = "gemkr_kb"
-
+#: The index type ``index_store.json`` records. LlamaIndex has no plugin hook (no entry point) through which
+#: ``load_index_from_storage`` could find this package: it looks the type up in registries that this module
+#: fills when imported, and raises ``KeyError(type)`` otherwise; the type itself says what to do.
+STRUCT_TYPE = "gemkr (run `from gemkr_llamaindex import GeMKRIndex` before load_index_from_storage)"
+LEGACY_STRUCT_TYPES = ("gemkr",)  # what earlier versions wrote; still read
 
 #: Keyword arguments ``as_retriever`` accepts (anything else is a typo and an error).
 RETRIEVER_KWARGS = frozenset({"generator", "similarity_top_k", "tagger", "callback_manager", "verbose",
-                              "batch_window_ms", "max_batch"})
+                              "batch_window_ms", "max_batch", "normalize_scores", "filters"})
 
 
 @dataclass
 class GeMKRIndexStruct(IndexStruct):
     """Where the KB lives and which build it is: ``kb_dir`` is relative to the persist dir after
-    ``persist`` (absolute before), ``kb_build_id`` the KB manifest's build id."""
+    ``persist`` (absolute before), ``kb_build_id`` the KB manifest's build id; ``generator`` the spec that
+    rebuilds the index's generator (:func:`~gemkr_llamaindex.llamaindex.persist.generator_spec`), if any."""
 
     kb_dir: str = ""
     kb_build_id: str = ""
+    generator: dict | None = None
 
     @classmethod
     def get_type(cls) -> str:  # type: ignore[override]
@@ -82,6 +89,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         self._tokenizer = tokenizer if tokenizer is not None else (generator.tokenizer if generator else None)
         self._generator = generator
         self._kb_build_kwargs = kb_build_kwargs or {}
+        self._persist_dir = Path(persist_dir) if persist_dir is not None else None
         super().__init__(nodes=nodes, index_struct=index_struct, storage_context=storage_context, **kwargs)
         if self._kb is None:
             self._kb = self._open_kb(self.index_struct, base=Path(persist_dir) if persist_dir is not None else None)
@@ -152,29 +160,64 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
 
         Keywords: ``generator`` (a :class:`ClueGenerator`; default: the one given to the index),
         ``similarity_top_k``, ``tagger``, ``callback_manager``, ``verbose``, ``batch_window_ms`` and
-        ``max_batch`` (opt-in micro-batching of concurrent calls). Any other keyword is an error
-        (``llm``, which LlamaIndex's engines pass through, is ignored).
+        ``max_batch`` (opt-in micro-batching of concurrent calls), ``normalize_scores`` (scores become
+        softmax shares, for cutoffs; see :class:`GeMKRRetriever`). Any other keyword is an error
+        (``llm``, which LlamaIndex's engines pass through, is ignored). A loaded index without
+        ``generator=`` rebuilds the one it was persisted with (from the spec in ``index_store.json``).
+        ``filters`` (LlamaIndex ``MetadataFilters``) are refused with an error: see below.
         """
         kwargs.pop("llm", None)
         unknown = sorted(set(kwargs) - RETRIEVER_KWARGS)
         if unknown:
             raise TypeError(f"GeMKRIndex.as_retriever got unexpected keyword(s) {unknown}; valid: {sorted(RETRIEVER_KWARGS)}")
-        generator = kwargs.pop("generator", None) or self._generator
-        if generator is None:
+        if kwargs.pop("filters", None) is not None:
+            raise NotImplementedError(
+                "GeMKR does not apply metadata filters: constrained decoding ranks the documents of the whole KB, "
+                "and filtering its hits afterwards would silently return fewer than similarity_top_k of them. "
+                "Build a GeMKRIndex over the nodes that pass the filter, or filter the returned nodes (their "
+                "metadata is the docstore's)"
+            )
+        generator = kwargs.pop("generator", None) or self._generator or self._persisted_generator()
+        return GeMKRRetriever(generator, self._kb, docstore=self._docstore, **kwargs)
+
+    def _persisted_generator(self) -> ClueGenerator:
+        """The generator rebuilt from the persisted spec (once per index), or an error saying to pass one."""
+        spec = self.index_struct.generator
+        if spec is None:
             raise ValueError(
                 "GeMKRIndex.as_retriever needs a clue generator: pass generator=ClueGenerator(...) here or to "
                 "the index (e.g. ClueGenerator.zero_shot_llm('smollm2'))"
+                + ("; this index was persisted without one (its generator was built from in-memory models)"
+                   if self._persist_dir is not None else "")
             )
-        return GeMKRRetriever(generator, self._kb, docstore=self._docstore, **kwargs)
+        record = (self._persist_dir or Path(".")) / "index_store.json"
+        self._generator = load_generator(spec, record)
+        self._generator.check_kb(self._kb)
+        return self._generator
 
     def as_query_engine(self, llm: Any = None, **kwargs: Any):
-        """``RetrieverQueryEngine.from_args`` over :meth:`as_retriever`; retriever keywords go to the
-        retriever, the rest to the query engine."""
-        from llama_index.core.query_engine.retriever_query_engine import RetrieverQueryEngine
-        from llama_index.core.settings import Settings
+        """The VQA query engine (``reader.VQAQueryEngine``) over :meth:`as_retriever`: it sends the query's
+        picture to the retriever and to the reader, and works offline.
 
+        ``llm``: the reader, any LlamaIndex chat LLM (default ``reader.VQAReader()``, the packaged
+        SmolLM2-135M-Instruct; never ``Settings.llm``, which is OpenAI). Retriever keywords go to the
+        retriever, the rest to ``VQAQueryEngine`` (``top_k``, ``tagger``, ``template``, ``context`` ...).
+        For LlamaIndex's text response synthesizer instead, use
+        ``RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)``.
+        """
+        import inspect
+
+        engine_cls = _vqa_query_engine_class()
         retriever = self.as_retriever(**{k: kwargs.pop(k) for k in list(kwargs) if k in RETRIEVER_KWARGS})
-        return RetrieverQueryEngine.from_args(retriever, llm=llm or Settings.llm, **kwargs)
+        valid = set(inspect.signature(engine_cls).parameters) - {"retriever", "reader"}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(
+                f"GeMKRIndex.as_query_engine got unexpected keyword(s) {unknown}: it builds reader.VQAQueryEngine "
+                f"(engine keywords {sorted(valid)}, retriever keywords {sorted(RETRIEVER_KWARGS)}); for LlamaIndex's "
+                "response synthesizer use RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)"
+            )
+        return engine_cls(retriever, reader=llm, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_dir: str | Path) -> None:
@@ -186,6 +229,8 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
             self._kb.copy_to(target, overwrite=True)  # atomic: a temporary sibling, then one rename
         self.index_struct.kb_dir = KB_SUBDIR
         self.index_struct.kb_build_id = self._kb.build_id
+        if self._generator is not None:
+            self.index_struct.generator = generator_spec(self._generator)
         self._storage_context.index_store.add_index_struct(self.index_struct)
         self._storage_context.persist(persist_dir=str(persist_dir))
 
@@ -207,7 +252,8 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         if len(structs) != 1:
             raise ValueError(f"{persist_dir} holds {len(structs)} GeMKR indices; expected exactly one")
         kb = cls._open_kb(structs[0], base=persist_dir)
-        return cls(index_struct=structs[0], storage_context=storage_context, kb=kb, generator=generator, **kwargs)
+        return cls(index_struct=structs[0], storage_context=storage_context, kb=kb, generator=generator,
+                   persist_dir=persist_dir, **kwargs)
 
     @staticmethod
     def _open_kb(struct: GeMKRIndexStruct, base: Path | None) -> KnowledgeBase:
@@ -224,7 +270,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
             if path.is_absolute():
                 raise ValueError(f"the persisted index names its KB by an absolute path ({path}); a persist dir "
                                  "must hold its own KB: re-persist it with index.persist(dir)")
-            path = base / path
+            path = inside(base, struct.kb_dir, base / "index_store.json")  # "../kb" would open another index's KB
         if not (path / "manifest.json").is_file():
             raise FileNotFoundError(
                 f"the GeMKR knowledge base is missing from {path}; a persist dir holds its own KB "
@@ -239,7 +285,25 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         return kb
 
 
+def _vqa_query_engine_class() -> type:
+    """``reader.VQAQueryEngine``, imported when first needed: the library never imports ``reader`` (which
+    uses the library) at module import time."""
+    from gemkr_llamaindex.distribution import check_top_level
+
+    check_top_level("reader")  # another distribution's `reader` would shadow ours: say so, by name
+    try:
+        from reader import VQAQueryEngine
+    except ImportError as exc:
+        raise ImportError(
+            f"GeMKRIndex.as_query_engine builds the VQA query engine of the package `reader`, which ships with "
+            f"gemkr-llamaindex, but it cannot be imported ({exc}); reinstall gemkr-llamaindex, or build an engine "
+            "yourself: RetrieverQueryEngine.from_args(index.as_retriever(...), llm=...)"
+        ) from exc
+    return VQAQueryEngine
+
+
 # load_index_from_storage resolves index classes through these registries: register ours so a persisted
 # GeMKRIndex comes back as one (and never silently as another index type).
-INDEX_STRUCT_TYPE_TO_INDEX_STRUCT_CLASS[STRUCT_TYPE] = GeMKRIndexStruct  # type: ignore[index]
-INDEX_STRUCT_TYPE_TO_INDEX_CLASS[STRUCT_TYPE] = GeMKRIndex  # type: ignore[index]
+for _type in (STRUCT_TYPE, *LEGACY_STRUCT_TYPES):
+    INDEX_STRUCT_TYPE_TO_INDEX_STRUCT_CLASS[_type] = GeMKRIndexStruct  # type: ignore[index]
+    INDEX_STRUCT_TYPE_TO_INDEX_CLASS[_type] = GeMKRIndex  # type: ignore[index]

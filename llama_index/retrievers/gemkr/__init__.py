@@ -4,6 +4,15 @@ The library's home is ``gemkr_llamaindex``; this namespace package (no ``llama_i
 re-exports its LlamaIndex classes under the path LlamaIndex integrations use.
 """
 
-from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRIndex, GeMKRRetriever, VQAQueryBundle
+from gemkr_llamaindex.llamaindex import (
+    ClueGenerator,
+    GeMKRIndex,
+    GeMKRRetriever,
+    ImageBoundQueryEngine,
+    MultimodalFusionRetriever,
+    VQAQueryBundle,
+    vqa_tool,
+)
 
-__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRRetriever", "VQAQueryBundle"]
+__all__ = ["ClueGenerator", "GeMKRIndex", "GeMKRRetriever", "ImageBoundQueryEngine", "MultimodalFusionRetriever",
+           "VQAQueryBundle", "vqa_tool"]
