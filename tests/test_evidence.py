@@ -191,3 +191,24 @@ def test_evidence_config_is_checked():
     assert DecodingConfig(evidence="clues, query,clues").evidence_sources == ("clues", "query")
     assert not DecodingConfig(evidence="query").runs_search and DecodingConfig(evidence="query,clues").runs_search
     assert DecodingConfig().runs_search and DecodingConfig.from_options({"evidence": "query"}).evidence == "query"
+
+
+def test_eval_registry_ranks_one_model_each_way(tiny_generator, wiki_docs, tmp_path, monkeypatch):
+    """``gemkr-paper`` / ``gemkr-seal`` / ``gemkr-fast`` are the ``gemkr`` retriever with a named scoring."""
+    from eval_vqa.registry import build_retriever
+
+    gen, _ = tiny_generator
+    monkeypatch.setenv("GEMKR_CACHE", str(tmp_path))  # the corpus KB is built here, not in the user's cache
+    docs = wiki_docs[:30]
+    base = {"top_k": 3, "use_tags": False, "zero_shot": "1", "llm": gen.llm.name_or_path, "beams": 4, "groups": 2}
+    seen = {}
+    for name in ("gemkr-paper", "gemkr-seal", "gemkr-fast"):
+        retriever = build_retriever(name, docs, dict(base))
+        seen[name] = retriever.generator.config
+        hits = retriever.retrieve("Which city is the capital of France?")
+        assert all(h.node.node_id in dict(docs) for h in hits)
+    assert seen["gemkr-paper"].evidence == "" and seen["gemkr-fast"].evidence_sources == ("query",)
+    assert seen["gemkr-seal"].evidence_alpha == 2.0 and seen["gemkr-seal"].evidence_beta == 0.8
+    assert seen["gemkr-fast"].num_beams == 4  # the run's other options still apply
+    with pytest.raises(ValueError, match="unknown scoring"):
+        DecodingConfig().with_scoring("bm25")
