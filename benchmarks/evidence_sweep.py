@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECT_SOURCES = ("clues", "beams", "query", "unigrams")
+COLLECT_SOURCES = ("clues", "beams", "query", "inflections", "unigrams")
 
 
 @dataclass
@@ -55,13 +55,18 @@ class QueryEvidence:
     seconds: float
 
 
-def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: Path) -> list[QueryEvidence]:
-    """Run (or read from ``cache``) the search and the evidence lookups for every query of ``path``."""
+def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: Path,
+            subwords: bool = False) -> list[QueryEvidence]:
+    """Run (or read from ``cache``) the search and the evidence lookups for every query of ``path``.
+
+    ``subwords``: n-grams are counted and located wherever their tokens occur, and generated n-grams that
+    end inside a word are kept, marked (source + ``~``), for :class:`Setting` ``whole_words`` to drop;
+    by default (the library's ``evidence_whole_words``) only occurrences that end a word count."""
     from gemkr_llamaindex.checkpoints import packaged_checkpoint
 
     checkpoint = packaged_checkpoint()
     key = hashlib.sha256(json.dumps([path.read_text(), sorted(options.items()), max_count, unigram_top,
-                                     str(checkpoint), 3]).encode()).hexdigest()[:12]
+                                     str(checkpoint), subwords, 5]).encode()).hexdigest()[:12]
     file = cache / f"{path.stem}-{key}.json"
     if file.is_file():
         return [_from_json(r) for r in json.loads(file.read_text())]
@@ -75,9 +80,9 @@ def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: 
     from gemkr_llamaindex.llamaindex import ClueGenerator, VQAQueryBundle
     from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
 
-    # the search with the paper's (prior-calibrated) clue ranking; every source's n-grams are collected
-    # below with the word-boundary filter off, and the filter is applied at ranking time
-    config = DecodingConfig.from_options({**options, "evidence_unigram_top": unigram_top, "evidence_whole_words": 0},
+    # the search with the paper's (prior-calibrated) clue ranking; every source's n-grams are collected below
+    config = DecodingConfig.from_options({**options, "evidence_unigram_top": unigram_top,
+                                          "evidence_whole_words": not subwords},
                                          checkpoint_decoding_config(checkpoint)).with_scoring("paper")
     gen = ClueGenerator.from_checkpoint(checkpoint, config=config, batch_size=1)
     kb = wiki_summaries_kb()
@@ -99,14 +104,15 @@ def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: 
         question = questions[0]
         ngrams, lookup = gen.evidence_ngrams(prompts, 0, question, bundle.tags, res, kb, COLLECT_SOURCES, max_count)
         seconds = time.perf_counter() - t0
-        starts = gen.word_starts
-        # the word-boundary filter is applied at ranking time: keep what it would drop, marked
-        from gemkr_llamaindex.decoding.evidence import clue_prefixes, visited_ngrams
+        sources = [g.source for g in ngrams]
+        if subwords:  # keep what the whole-word filter would drop, marked, so settings can compare both
+            from gemkr_llamaindex.decoding.evidence import clue_prefixes, visited_ngrams
 
-        whole = {t for c in res.clues for t, _ in clue_prefixes(c.token_ids, c.prefix_logprobs, starts)}
-        whole |= {t for t, _ in visited_ngrams(res.visited or {}, starts)}
-        sources = [s if s not in ("clues", "beams") or tuple(g.token_ids) in whole else s + "~"
-                   for g, s in ((g, g.source) for g in ngrams)]
+            starts = gen.word_starts
+            whole = {t for c in res.clues for t, _ in clue_prefixes(c.token_ids, c.prefix_logprobs, starts)}
+            whole |= {t for t, _ in visited_ngrams(res.visited or {}, starts)}
+            sources = [s if s not in ("clues", "beams") or tuple(g.token_ids) in whole else s + "~"
+                       for g, s in zip(ngrams, sources)]
         out.append(QueryEvidence(
             it["id"], list(it["gold_doc_ids"]), [d.doc_id for d in res.docs],
             [tuple(g.token_ids) for g in ngrams], [g.text for g in ngrams], np.array([g.logprob for g in ngrams]), sources,
@@ -188,17 +194,23 @@ def metrics(rankings: Sequence[list[str]], golds: Sequence[list[str]]) -> dict[s
     return out
 
 
-def grid(args: argparse.Namespace) -> list[Setting]:
-    combos = [("query",), ("clues",), ("clues", "query"), ("beams", "query"), ("clues", "beams", "query"),
-              ("query", "unigrams"), ("clues", "query", "unigrams")]
-    out = [Setting(c) for c in combos]
-    out += [Setting(("clues", "query"), generated_weight=g) for g in (0.1, 0.25, 0.5)]
-    out += [Setting(("query",), alpha=a, beta=b) for a, b in itertools.product((1.0, 2.0, 3.0), (0.5, 0.8, 1.0))
-            if (a, b) != (2.0, 0.8)]
-    out += [Setting(("query",), max_count=m) for m in (300, 5000)]
-    out += [Setting(("clues", "query"), whole_words=False)]
-    out += [Setting(src, fusion="rrf", clue_weight=w) for src in (("query",), ("clues", "query"))
-            for w in (0.5, 1.0)]
+def grid() -> list[Setting]:
+    """The settings compared: sources at the chosen weights, then each weight moved around the choice
+    (alpha 1.5, beta 0, generated n-grams at half weight), SEAL's published settings, and rank fusion
+    with the paper's clue ranking."""
+    default = ("clues", "query", "inflections")
+    combos = [("query",), ("query", "inflections"), ("clues",), ("clues", "query"), default,
+              ("beams", "query", "inflections"), ("clues", "beams", "query", "inflections"),
+              ("query", "inflections", "unigrams"), (*default, "unigrams")]
+    out = [Setting(c, alpha=1.5, beta=0.0, generated_weight=0.5) for c in combos]
+    out += [Setting(default, alpha=a, beta=0.0, generated_weight=g)
+            for a, g in itertools.product((1.0, 1.25, 1.5, 2.0), (0.25, 0.35, 0.5, 1.0)) if (a, g) != (1.5, 0.5)]
+    out += [Setting(default, alpha=1.5, beta=b, generated_weight=0.5) for b in (0.25, 0.5, 0.8)]
+    out += [Setting(default, alpha=1.5, beta=0.0, generated_weight=0.5, max_count=m) for m in (300, 5000)]
+    out += [Setting(default, alpha=1.5, beta=0.0, generated_weight=0.5, whole_words=False)]  # (--subwords runs)
+    out += [Setting(("clues", "query"))]  # SEAL's published alpha 2, beta 0.8, full weight
+    out += [Setting(src, alpha=1.5, beta=0.0, generated_weight=0.5, fusion="rrf", clue_weight=w)
+            for src in (("query", "inflections"), default) for w in (0.5, 1.0)]
     return out
 
 
@@ -209,6 +221,7 @@ def main() -> int:
     p.add_argument("--max-count", type=int, default=5000, help="documents looked up for n-grams up to this count")
     p.add_argument("--unigram-top", type=int, default=1000)
     p.add_argument("--cache", type=Path, default=Path("runs/evidence_sweep"))
+    p.add_argument("--subwords", action="store_true", help="collect n-grams wherever their tokens occur (see collect)")
     args = p.parse_args()
     options = dict(o.split("=", 1) for o in args.option)
 
@@ -216,7 +229,8 @@ def main() -> int:
 
     kb = wiki_summaries_kb()
     doc_ids = [kb.doc_id(i) for i in range(kb.num_docs)]
-    data = {path.stem: collect(path, options, args.max_count, args.unigram_top, args.cache) for path in args.queries}
+    data = {path.stem: collect(path, options, args.max_count, args.unigram_top, args.cache, args.subwords)
+            for path in args.queries}
     names = list(data)
     head = " | ".join(f"{n} ({len(data[n])})" for n in names)
     print(f"R@1 / R@10 / Hit@1 / Hit@10 per file (options: {options or 'checkpoint defaults'})\n")
@@ -231,7 +245,7 @@ def main() -> int:
 
     row("BM25 (+tags)", {n: [q.bm25 for q in data[n]] for n in names})
     row("GeMKR clue ranking (paper)", {n: [q.clue_ranking for q in data[n]] for n in names})
-    for s in grid(args):
+    for s in grid():
         row(s.label(), {n: [rank(q, s, kb.num_tokens, doc_ids) for q in data[n]] for n in names})
     secs = [q.seconds for n in names for q in data[n]]
     print(f"\ncollection: {np.median(secs) * 1000:.0f} ms/query median (search + every source + lookups)")

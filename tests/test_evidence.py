@@ -17,6 +17,7 @@ from gemkr_llamaindex.decoding.evidence import (
     query_ngrams,
     query_spans,
     visited_ngrams,
+    word_forms,
     word_start_mask,
 )
 
@@ -95,9 +96,21 @@ def test_query_spans_skip_stopwords_and_never_cross_commas():
 
 
 def test_query_ngrams_are_tokenized_as_the_kb(wiki_kb):
-    grams = dict(query_ngrams("What family does the cat belong to?", "tabby", wiki_kb.encode_batch))
-    assert grams[" cat"] == tuple(wiki_kb.encode(" cat")) and grams["Cat"] == tuple(wiki_kb.encode("Cat"))
-    assert " tabby" in grams and " the" not in grams
+    grams = {t: (ids, src) for t, ids, src in query_ngrams("What family does the cat belong to?", "tabby",
+                                                            wiki_kb.encode_batch)}
+    assert grams[" cat"] == (tuple(wiki_kb.encode(" cat")), "query") and grams["Cat"][0] == tuple(wiki_kb.encode("Cat"))
+    assert " tabby" in grams and " the" not in grams and " cats" not in grams
+    more = {t: src for t, _, src in query_ngrams("What kind of program trains people?", None, wiki_kb.encode_batch,
+                                                 inflections=True)}
+    assert more[" trains"] == "query" and more[" trained"] == more[" training"] == "inflections"
+    assert " kinds" not in more or more[" kinds"] == "inflections"
+
+
+def test_word_forms_are_regular_inflections():
+    assert {"train", "trained", "training"} <= set(word_forms("trains"))
+    assert {"deploy", "deployed"} <= set(word_forms("deploys")) and "study" in word_forms("studies")
+    assert "planets" in word_forms("planet") and "trains" not in word_forms("trains")
+    assert word_forms("the") == word_forms("is") == word_forms("Tokyo2") == []
 
 
 def test_word_boundaries_of_generated_ngrams(smollm2_tokenizer):
@@ -132,7 +145,8 @@ def tiny_generator(tmp_path_factory, wiki_kb):
 QUESTION, TAGS = "Which city is the capital of France?", "tower, river"
 
 
-@pytest.mark.parametrize("sources", ["query", "clues", "beams", "unigrams", "clues,query", "clues,beams,query,unigrams"])
+@pytest.mark.parametrize("sources", ["query", "inflections", "clues", "beams", "unigrams", "clues,query,inflections",
+                                     "clues,beams,query,inflections,unigrams"])
 def test_each_source_switches_on_and_off(tiny_generator, sources):
     from gemkr_llamaindex.decoding import SearchStats
     from gemkr_llamaindex.llamaindex import VQAQueryBundle
@@ -207,7 +221,7 @@ def test_eval_registry_ranks_one_model_each_way(tiny_generator, wiki_docs, tmp_p
         seen[name] = retriever.generator.config
         hits = retriever.retrieve("Which city is the capital of France?")
         assert all(h.node.node_id in dict(docs) for h in hits)
-    assert seen["gemkr-paper"].evidence == "" and seen["gemkr-fast"].evidence_sources == ("query",)
+    assert seen["gemkr-paper"].evidence == "" and seen["gemkr-fast"].evidence_sources == ("query", "inflections")
     assert seen["gemkr-seal"].evidence_alpha == 2.0 and seen["gemkr-seal"].evidence_beta == 0.8
     assert seen["gemkr-fast"].num_beams == 4  # the run's other options still apply
     with pytest.raises(ValueError, match="unknown scoring"):

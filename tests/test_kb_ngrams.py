@@ -63,3 +63,28 @@ def test_remote_kb_lookups_equal_local(ray_cluster, tmp_path):
         remote.close()
 
 
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_word_end_lookups_equal_brute_force(random_kb, seed):
+    """With ``word_starts`` only occurrences followed by a word-starting token or a document end count."""
+    import numpy as np
+
+    kb, docs = random_kb
+    rng = random.Random(seed)
+    starts = np.array([rng.random() < 0.5 for _ in range(12)])
+    ngrams = occurring_ngrams(docs, rng, 50)
+
+    def ends_a_word(doc, i, n):
+        j = i + len(n)
+        return tuple(doc[i:j]) == n and (j == len(doc) or bool(starts[doc[j]]))
+
+    for cap in (None, 2, 10**9):
+        look = kb.lookup_ngrams(ngrams, max_count=cap, word_starts=starts)
+        for b, n in enumerate(ngrams):
+            count = sum(ends_a_word(d, i, n) for d in docs for i in range(len(d) - len(n) + 1))
+            holders = [k for k, d in enumerate(docs) if any(ends_a_word(d, i, n) for i in range(len(d)))]
+            assert look.counts[b] == count
+            listed = count > 0 and (cap is None or count <= cap)
+            assert look.docs_of(b).tolist() == (holders if listed else [])
+    assert kb.lookup_ngrams([], word_starts=starts).offsets.tolist() == [0]

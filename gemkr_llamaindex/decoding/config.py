@@ -13,14 +13,15 @@ from typing import Any
 
 CONSTRAINT_MODES = ("topk", "mask")
 DOC_SCORES = ("max", "logsumexp")
-EVIDENCE_SOURCES = ("clues", "beams", "query", "unigrams")  # see gemkr_llamaindex.decoding.evidence
+EVIDENCE_SOURCES = ("clues", "beams", "query", "inflections", "unigrams")  # see gemkr_llamaindex.decoding.evidence
 #: Named ways to rank, applied over a config by :meth:`DecodingConfig.with_scoring`: the paper's clue
 #: scoring; SEAL's published aggregation (alpha 2, beta 0.8, every n-gram at full weight) over the search's
-#: clues and the query's n-grams; and the fast mode, the query's n-grams alone (no beam search).
+#: clues and the query's n-grams; and the fast mode, the query's words and their inflections alone (no beam
+#: search).
 SCORINGS: dict[str, dict[str, Any]] = {
     "paper": {"evidence": ""},
     "seal": {"evidence": "clues,query", "evidence_alpha": 2.0, "evidence_beta": 0.8, "evidence_generated_weight": 1.0},
-    "fast": {"evidence": "query"},
+    "fast": {"evidence": "query,inflections"},
 }
 ANCHOR_MODES = ("any", "doc_start", "mixed")
 
@@ -55,12 +56,13 @@ class DecodingConfig:
       whose best ``topk_candidates`` tokens hold too few allowed ones, has its continuations listed.
     * ``doc_score``: a document's score is its best clue's (``"max"``) or the log-sum-exp over its clues.
     * ``evidence``: ``""`` ranks documents by their clues as above (the paper). A comma-separated list of
-      sources (``clues``, ``beams``, ``query``, ``unigrams``) ranks them by the summed weight of every
+      sources (``clues``, ``beams``, ``query``, ``inflections``, ``unigrams``) ranks them by the summed weight of every
       LM-scored n-gram they contain instead (SEAL-style; :mod:`gemkr_llamaindex.decoding.evidence`), with
       ``evidence_alpha``, ``evidence_beta``, ``evidence_smoothing`` and ``evidence_max_count`` as there;
       ``evidence_generated_weight`` multiplies the weights of n-grams the model generated (``clues``,
       ``beams``) against the query's own; ``evidence_unigram_top`` first tokens are scored for
-      ``unigrams``; ``evidence_whole_words`` keeps only generated n-grams that end where a word ends.
+      ``unigrams``; ``evidence_whole_words`` keeps only generated n-grams that end where a word ends and
+      counts only the occurrences that end a word in the KB (so "Cat" is not found in "Catfish").
       Without ``clues``/``beams`` no beam search runs.
     """
 

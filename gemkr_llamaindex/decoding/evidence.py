@@ -22,6 +22,8 @@ Evidence sources (each switchable; :data:`SOURCES`):
 * ``beams``: every n-gram the search visited (each live beam at every step: SEAL's partial hypotheses);
 * ``query``: word n-grams of the question and the visual tags (:func:`query_ngrams`), scored by the LM
   under the query's own prompt;
+* ``inflections``: the other inflected forms of the query's single words ("trains" -> "trained",
+  "training"; :func:`word_forms`) that occur in the KB, scored the same way: what stemming gives BM25;
 * ``unigrams``: the LM's distribution over the first token of the response (SEAL's unigram scores),
   for the ``unigram_top`` most likely tokens.
 
@@ -166,23 +168,51 @@ def span_variants(span: str) -> list[str]:
     return list(dict.fromkeys([" " + span, " " + cap, cap]))
 
 
+def word_forms(word: str) -> list[str]:
+    """Other inflected forms of an English word by regular suffix rules (plural, past, gerund), without
+    the word itself: ``"trains"`` -> ``train, trained, training, ...``. Most candidates occur nowhere;
+    the KB's counts keep the real ones. Words under 4 letters and stop words get none."""
+    if len(word) < 4 or not word.isalpha() or word.lower() in stopwords():
+        return []
+    stems = {word[: len(word) - len(suffix)] + repl
+             for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"))
+             if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss")} or {word}
+    forms: dict[str, None] = {}
+    for b in stems:
+        base = b[:-1] if b.endswith("e") else b
+        for form in (b, b + "s", b + "es", base + "ed", base + "ing"):
+            forms.setdefault(form, None)
+        if b.endswith("y"):
+            forms.setdefault(b[:-1] + "ies", None)
+    forms.pop(word, None)
+    return list(forms)
+
+
 def query_ngrams(question: str, tags: str | None, encode: Callable[[Sequence[str]], list[list[int]]],
-                 max_words: int = 3) -> list[tuple[str, tuple[int, ...]]]:
-    """``(text, KB token ids)`` of every variant of every word span of the question and the tags.
+                 max_words: int = 3, inflections: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(text, KB token ids, source)`` of every variant of every word span of the question and the tags
+    (source ``"query"``) and, with ``inflections``, of the other forms of their single words (source
+    ``"inflections"``).
 
     ``encode`` tokenizes a batch of strings exactly as the KB's documents were (``KnowledgeBase.encode_batch``).
     Whether an n-gram occurs in the KB is left to the caller's batched lookup.
     """
-    texts = [v for s in query_spans(question, max_words) + query_spans(tags or "", max_words) for v in span_variants(s)]
-    texts = list(dict.fromkeys(texts))
-    ids = encode(texts) if texts else []
+    spans = query_spans(question, max_words) + query_spans(tags or "", max_words)
+    texts = {v: "query" for s in spans for v in span_variants(s)}
+    if inflections:
+        for s in spans:
+            if " " not in s:
+                for form in word_forms(s):
+                    for v in span_variants(form):
+                        texts.setdefault(v, "inflections")
+    ids = encode(list(texts)) if texts else []
     seen: set[tuple[int, ...]] = set()
     out = []
-    for t, i in zip(texts, ids):
+    for (t, source), i in zip(texts.items(), ids):
         key = tuple(int(x) for x in i)
         if key and key not in seen:
             seen.add(key)
-            out.append((t, key))
+            out.append((t, key, source))
     return out
 
 

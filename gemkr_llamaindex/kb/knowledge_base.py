@@ -475,18 +475,38 @@ class KnowledgeBase:
         ids = self._ids_array(flat) if flat else np.zeros(0, dtype=np.int64)
         return self._index.search_many(ids, offsets, False)
 
-    def lookup_ngrams(self, ngrams: Sequence[Sequence[int]], max_count: int | None = None) -> NgramLookup:
-        """Counts and containing documents of many n-grams in two native calls (evidence scoring).
+    def lookup_ngrams(self, ngrams: Sequence[Sequence[int]], max_count: int | None = None,
+                      word_starts: np.ndarray | None = None) -> NgramLookup:
+        """Counts and containing documents of many n-grams in a few native calls (evidence scoring).
 
         Documents are listed for n-grams that occur at least once and at most ``max_count`` times
         (every occurring n-gram when None); locating costs one short LF walk per occurrence, which is why
         frequent n-grams are skipped. Equals :meth:`count` and :meth:`doc_indices` per n-gram.
+
+        ``word_starts`` ((vocab,) bool: which tokens begin a word) counts only the occurrences that end a
+        word: followed by a token that begins one, or by the document's end (so "Cat" is not found in
+        "Catfish"). The n-gram's continuations are listed in one call and the qualifying ones located.
         """
         states = self._ngram_states(ngrams)
-        counts = self.counts(states)
+        if word_starts is None:
+            counts = self.counts(states)
+            cap = int(counts.max(initial=0)) if max_count is None else int(max_count)
+            doc_offsets, docs = self._index.docs_many(states, cap)
+            return NgramLookup(counts, doc_offsets, docs)
+        starts = np.asarray(word_starts, dtype=bool)
+        ch = self.children(states, unique=False)
+        ends = (ch.tokens == END) | starts[np.clip(ch.tokens, 0, len(starts) - 1)] & (ch.tokens >= 0)
+        owner = np.repeat(np.arange(len(ngrams)), np.diff(ch.offsets))
+        counts = np.bincount(owner[ends], weights=ch.counts[ends], minlength=len(ngrams)).astype(np.int64)
         cap = int(counts.max(initial=0)) if max_count is None else int(max_count)
-        doc_offsets, docs = self._index.docs_many(states, cap)
-        return NgramLookup(counts, doc_offsets, docs)
+        listed = ends & (counts[owner] > 0) & (counts[owner] <= cap)
+        child_offsets, child_docs = self._index.docs_many(ch.states[listed], np.iinfo(np.int64).max)
+        per_child = np.diff(child_offsets)
+        doc_owner = np.repeat(owner[listed], per_child)
+        keys = np.unique(doc_owner * self.num_docs + child_docs)  # sorted by n-gram, then document, distinct
+        docs = keys % self.num_docs if self.num_docs else keys
+        offsets = np.searchsorted(keys // max(self.num_docs, 1), np.arange(len(ngrams) + 1)).astype(np.int64)
+        return NgramLookup(counts, offsets, docs.astype(np.int64))
 
     # ------------------------------------------------------------------ stateful API (decoding)
     @staticmethod

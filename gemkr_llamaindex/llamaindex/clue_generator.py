@@ -307,30 +307,32 @@ class ClueGenerator:
             for toks, lp in visited_ngrams(result.visited, starts):
                 generated.setdefault(toks, Ngram(toks, lp, "beams"))
         scored: list[Ngram] = list(generated.values())
-        asked: list[tuple[str, tuple[int, ...]]] = []
-        if "query" in sources:  # one the model generated too keeps its log-likelihood and counts under both
-            for t, ids in query_ngrams(question, tags, kb.encode_batch):
-                if ids in generated:
-                    scored.append(Ngram(ids, generated[ids].logprob, "query", t))
+        asked: list[tuple[str, tuple[int, ...], str]] = []
+        if "query" in sources or "inflections" in sources:
+            for t, ids, source in query_ngrams(question, tags, kb.encode_batch, inflections="inflections" in sources):
+                if source not in sources:
+                    continue
+                if ids in generated:  # one the model generated too keeps its log-likelihood and counts under both
+                    scored.append(Ngram(ids, generated[ids].logprob, source, t))
                 else:
-                    asked.append((t, ids))
+                    asked.append((t, ids, source))
         first = None
         if asked or "unigrams" in sources:
             with torch.inference_mode():
                 enc = encode_prompt(self.llm, self._prompt_row(prompts, row))
             first = enc.first
         if asked:
-            counts = kb.ngram_counts([ids for _, ids in asked]).tolist()
+            counts = kb.ngram_counts([ids for _, ids, _ in asked]).tolist()
             keep = [a for a, n in zip(asked, counts) if 0 < n <= max_count]
             if keep:
                 with torch.inference_mode():
-                    lps = shared_prompt_log_likelihood(self.llm, enc, [ids for _, ids in keep], batch_size=256).tolist()
-                scored += [Ngram(ids, lp, "query", t) for (t, ids), lp in zip(keep, lps)]
+                    lps = shared_prompt_log_likelihood(self.llm, enc, [ids for _, ids, _ in keep], batch_size=256).tolist()
+                scored += [Ngram(ids, lp, source, t) for (t, ids, source), lp in zip(keep, lps)]
         if "unigrams" in sources:
             have = {n.token_ids for n in scored}
             scored += [Ngram((t,), lp, "unigrams") for t, lp in top_unigrams(first.cpu().numpy(), cfg.evidence_unigram_top)
                        if (t,) not in have]
-        lookup = kb.lookup_ngrams([n.token_ids for n in scored], max_count=max_count)
+        lookup = kb.lookup_ngrams([n.token_ids for n in scored], max_count=max_count, word_starts=starts)
         for n in scored:
             if not n.text:
                 n.text = kb.decode(n.token_ids)
