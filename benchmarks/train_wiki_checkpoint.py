@@ -44,8 +44,12 @@ import time
 from pathlib import Path
 
 TASK = ""  # no task line: the fine-tuned model needs none, and every prompt token costs CPU time
-DECODING = {"num_beams": 30, "num_groups": 6, "min_length": 3, "max_length": 8, "anchor": "mixed", "prior_weight": 0.25,
-            "doc_score": "logsumexp"}  # picked on the development questions (benchmarks/data), see the README
+# picked on the development questions (benchmarks/data; benchmarks/evidence_sweep.py): documents ranked by the
+# evidence of the search's clues (at half weight) and of the query's own words and their inflections;
+# prior_weight and doc_score rank the clues under the paper's scoring (DecodingConfig.with_scoring("paper"))
+DECODING = {"num_beams": 20, "num_groups": 4, "min_length": 3, "max_length": 8, "anchor": "mixed", "prior_weight": 0.25,
+            "doc_score": "logsumexp", "evidence": "clues,query,inflections", "evidence_alpha": 1.5, "evidence_beta": 0.0,
+            "evidence_generated_weight": 0.5}
 
 
 def summaries_kb(llm: str):
