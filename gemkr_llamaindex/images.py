@@ -36,6 +36,11 @@ ImageInput = Union[str, "os.PathLike[str]", bytes, "Image.Image", "np.ndarray", 
 HintTagger = Callable[[ImageInput], str | None]
 
 
+#: The widest (or tallest) picture accepted: models resize the short side to their input size, so a 300000x1
+#: strip would ask for gigabytes. No photograph comes near this; a wide banner (10:1) passes.
+MAX_ASPECT_RATIO = 50
+
+
 class ImageLoadError(ValueError):
     """An image could not be read or decoded; ``source`` names the file (or the in-memory input)."""
 
@@ -72,9 +77,12 @@ def _decode(data: bytes, source: str) -> Image.Image:
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_shape(img.width, img.height, source)  # from the header: before any pixel is decoded
             img.load()  # force the full decode here so truncated files fail now, not inside a model
             img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
+            return _to_rgb(img)
+    except ImageLoadError:
+        raise
     except Image.DecompressionBombError as exc:  # not an OSError: would escape as PIL's own error
         raise ImageLoadError(
             source, f"the image is too large to decode safely ({exc}); downscale it below "
@@ -84,6 +92,33 @@ def _decode(data: bytes, source: str) -> Image.Image:
         raise ImageLoadError(
             source, f"not a decodable image ({type(exc).__name__}: {exc}); pass a JPEG/PNG/... file"
         ) from exc
+
+
+def _check_shape(width: int, height: int, source: str) -> None:
+    """Refuse empty pictures and aspect ratios beyond :data:`MAX_ASPECT_RATIO`, before any resize."""
+    if min(width, height) < 1:
+        raise ImageLoadError(source, f"the image is {width}x{height} pixels: it has no pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageLoadError(
+            source, f"the image is {width}x{height} pixels, an aspect ratio beyond {MAX_ASPECT_RATIO}:1; "
+            "models resize its short side to their input size, which would need an enormous picture: crop it"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with 16- and 32-bit greyscale scaled to 8 bits (Pillow's own conversion clips them at 255)."""
+    if img.mode.startswith("I"):  # "I;16", "I;16B", ... and "I" (32-bit; what some 16-bit files open as)
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(img).astype(np.int64)
+        low, high = int(values.min()), int(values.max())
+        if img.mode.startswith("I;16") or (low >= 0 and 255 < high <= 65535):
+            values = values >> 8
+        elif low < 0 or high > 255:
+            values = (values - low) * 255 // max(high - low, 1)
+        img = Image.fromarray(values.astype(np.uint8), mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _pixels_digest(img: Image.Image) -> str:
@@ -119,8 +154,10 @@ def load_image(src: ImageInput) -> LoadedImage:
         source = f"<{len(data)} bytes>"
         return LoadedImage(_decode(data, source), hashlib.sha256(data).hexdigest(), source)
     if isinstance(src, Image.Image):
-        img = src if src.mode == "RGB" else src.convert("RGB")
-        return LoadedImage(img, _pixels_digest(img), f"<PIL image {img.width}x{img.height}>")
+        source = f"<PIL image {src.width}x{src.height}>"
+        _check_shape(src.width, src.height, source)
+        img = _to_rgb(src)
+        return LoadedImage(img, _pixels_digest(img), source)
     if isinstance(src, Mapping):
         if not {"package", "name"} <= set(src):
             raise ImageLoadError(f"<{dict(src)!r}>", 'a packaged image is {"package": ..., "name": ...}')
@@ -144,6 +181,7 @@ def _from_array(arr: np.ndarray) -> tuple[Image.Image, str, str]:
         raise ImageLoadError(
             source, "arrays must be uint8 (or bool) of shape HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA)"
         )
+    _check_shape(arr.shape[1], arr.shape[0], source)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")

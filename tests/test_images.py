@@ -67,3 +67,41 @@ def test_training_and_model_do_not_import_evaluation():
             "print([m for m in sys.modules if m.split('.')[0] in ('eval_vqa', 'reader')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_any_resize(tmp_path):
+    """A few hundred bytes of 300000x1 PNG once made the CLIP preprocessing upscale the short side to 224
+    pixels and ask for ~15 GB; it is refused at decode time, for files, bytes and in-memory images alike."""
+    import numpy as np
+
+    path = tmp_path / "strip.png"
+    path.write_bytes(_png(np.zeros((1, 300_000), dtype=np.uint8)))
+    assert path.stat().st_size < 2000
+    with pytest.raises(ImageLoadError, match=r"strip\.png.*300000x1.*aspect ratio"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="aspect ratio"):
+        load_image(path.read_bytes())
+    with pytest.raises(ImageLoadError, match="aspect ratio"):
+        load_image(Image.new("RGB", (1, 5000)))
+    with pytest.raises(ImageLoadError, match="aspect ratio"):
+        load_image(np.zeros((2, 400, 3), dtype=np.uint8))
+    assert load_image(Image.new("RGB", (400, 40))).image.size == (400, 40)  # a wide banner is fine
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped():
+    """A 16-bit greyscale PNG (mode I;16) was clipped to 255: 99.6% of this gradient's pixels came out white."""
+    import numpy as np
+
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    data = _png(grey)
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    rgb = np.asarray(load_image(data).image)
+    assert rgb.shape == (64, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(rgb[..., 0], (grey >> 8).astype(np.uint8))
+    assert (rgb == 255).mean() < 0.01

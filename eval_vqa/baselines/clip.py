@@ -56,15 +56,15 @@ def load_open_clip(model_name: str, pretrained: str | None = None, device: str =
 
 
 def _open_query_image(query_bundle: QueryBundle, who: str):
-    from PIL import Image
+    """The query picture as RGB, decoded by the package's one image path (its size and mode checks included)."""
+    from gemkr_llamaindex.images import load_image
 
     path = query_bundle.image_path
     if not path:
         raise ValueError(f"{who} needs QueryBundle.image_path (the query image)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{who}: query image not found: {path}")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return load_image(path).image
 
 
 class CLIPImageTextRetriever(ScoringRetriever):
