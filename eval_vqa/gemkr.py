@@ -26,11 +26,12 @@ def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
     else one built once per corpus and tokenizer under the cache."""
     from gemkr_llamaindex.assets import cache_dir
     from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase
+    from gemkr_llamaindex.kb import hash_fields
 
     key = hashlib.sha256()
-    key.update(str(getattr(tokenizer, "name_or_path", "")).encode())
+    hash_fields(key, str(getattr(tokenizer, "name_or_path", "")))
     for doc_id, text in docs:
-        key.update(doc_id.encode() + b"\0" + hashlib.sha256(text.encode()).digest())
+        hash_fields(key, doc_id, text)
     path = cache_dir() / "kb" / f"eval-{key.hexdigest()[:16]}"
     try:
         return KnowledgeBase.open(path)

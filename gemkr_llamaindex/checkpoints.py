@@ -23,10 +23,12 @@ CORPUS_FILE = "corpus.json"
 
 def corpus_fingerprint(docs: Iterable[tuple[str, str]]) -> dict[str, object]:
     """``{"num_docs", "sha256"}`` of a corpus of ``(doc_id, text)`` pairs, in order."""
+    from gemkr_llamaindex.kb.corpus import hash_fields
+
     h = hashlib.sha256()
     n = 0
     for doc_id, text in docs:
-        h.update(doc_id.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\1")
+        hash_fields(h, doc_id, text)
         n += 1
     return {"num_docs": n, "sha256": h.hexdigest()}
 

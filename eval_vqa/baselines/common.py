@@ -37,11 +37,12 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 def corpus_fingerprint(doc_ids: Sequence[str], texts: Sequence[str], *extra: str) -> str:
     """A short hash of the corpus (ids and texts) and of ``extra`` settings, naming cache files."""
+    from gemkr_llamaindex.kb import hash_fields
+
     h = hashlib.sha1()
-    for part in extra:
-        h.update(part.encode("utf-8") + b"\x00")
+    hash_fields(h, str(len(extra)), *extra)
     for doc_id, text in zip(doc_ids, texts):
-        h.update(doc_id.encode("utf-8") + b"\x01" + text.encode("utf-8") + b"\x02")
+        hash_fields(h, doc_id, text)
     return h.hexdigest()[:20]
 
 

@@ -30,6 +30,17 @@ TEXT_COLUMNS = ("text", "passage_content", "contents", "content", "passage")
 TITLE_COLUMNS = ("title",)
 
 
+def hash_fields(h: Any, *fields: str | bytes) -> None:
+    """Feed ``fields`` to the hash object ``h``, each as its byte length (8 bytes, little-endian) and then its
+    bytes (text as UTF-8). Separator bytes could occur inside ids and texts and make two corpora hash alike;
+    length prefixes cannot: different field sequences always feed different bytes. The corpus fingerprints
+    (packaged-checkpoint lookup, evaluation run folders and caches) all hash through here."""
+    for field in fields:
+        data = field.encode("utf-8") if isinstance(field, str) else bytes(field)
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+
 def titled(title: str, text: str) -> str:
     """A passage in DPR's layout, ``"{title}. {text}"`` (no second period after a title that ends with one)."""
     return f"{title} {text}" if title.endswith(".") else f"{title}. {text}"

@@ -1,0 +1,61 @@
+"""Corpus fingerprints decide which run folder resumes, which cache a baseline reuses and which packaged
+checkpoint a corpus gets: two different corpora must never share one, whatever bytes their ids and texts hold."""
+
+from __future__ import annotations
+
+import hashlib
+
+# Joined with separator bytes, these two corpora fed the same bytes to the hash (the separators occur inside
+# the texts): the old fingerprints of both were equal.
+CORPUS_A = [("a", "b\1c\0d"), ("e", "f")]
+CORPUS_B = [("a", "b"), ("c", "d\1e\0f")]
+# The same trick against the baselines' separators (\1 between id and text, \2 after the text).
+BASELINE_A = [("a", "b\2c\1d"), ("e", "f")]
+BASELINE_B = [("a", "b"), ("c", "d\2e\1f")]
+
+
+def test_hash_fields_length_prefixes_every_field():
+    from gemkr_llamaindex.kb import hash_fields
+
+    def digest(*fields):
+        h = hashlib.sha256()
+        hash_fields(h, *fields)
+        return h.hexdigest()
+
+    assert digest("ab", "c") != digest("a", "bc") != digest("abc")
+    assert digest("a", "") != digest("a") and digest("é") == digest("é".encode())
+
+
+def test_checkpoint_lookup_fingerprint_tells_the_colliding_corpora_apart():
+    from gemkr_llamaindex.checkpoints import corpus_fingerprint
+
+    a, b = corpus_fingerprint(CORPUS_A), corpus_fingerprint(CORPUS_B)
+    assert a["num_docs"] == b["num_docs"] == 2
+    assert a["sha256"] != b["sha256"]
+
+
+def test_baseline_cache_fingerprint_tells_the_colliding_corpora_apart():
+    from eval_vqa.baselines.common import corpus_fingerprint
+
+    def fp(docs, *extra):
+        return corpus_fingerprint([d for d, _ in docs], [t for _, t in docs], *extra)
+
+    assert fp(BASELINE_A) != fp(BASELINE_B)
+    assert fp(CORPUS_A) != fp(CORPUS_B)
+    assert fp([("x", "y")], "m\0") != fp([("\0x", "y")], "m")  # settings and corpus cannot trade bytes
+
+
+def test_eval_kb_cache_key_tells_the_colliding_corpora_apart(tmp_path, monkeypatch, small_vocab_tokenizer):
+    from eval_vqa.gemkr import corpus_kb
+
+    monkeypatch.setenv("GEMKR_CACHE", str(tmp_path))
+    kb_a = corpus_kb([(i, "t3 t4 " + t) for i, t in CORPUS_A], small_vocab_tokenizer)
+    kb_b = corpus_kb([(i, "t3 t4 " + t) for i, t in CORPUS_B], small_vocab_tokenizer)
+    assert kb_a.path != kb_b.path and kb_b.doc_id(1) == "c"
+
+
+def test_the_packaged_checkpoint_is_found_for_the_packaged_corpus_only(wiki_docs):
+    from gemkr_llamaindex.checkpoints import WIKI_SMOLLM2, packaged_checkpoint, packaged_checkpoint_for
+
+    assert packaged_checkpoint_for(wiki_docs) == packaged_checkpoint(WIKI_SMOLLM2) is not None
+    assert packaged_checkpoint_for(wiki_docs[:-1] + [(wiki_docs[-1][0], wiki_docs[-1][1] + " ")]) is None
