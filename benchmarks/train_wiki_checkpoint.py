@@ -111,15 +111,17 @@ def install(final: Path) -> Path:
     from gemkr_llamaindex.assets import wiki_summaries
     from gemkr_llamaindex.checkpoints import CHECKPOINT_DIR, CORPUS_FILE, WIKI_SMOLLM2, corpus_fingerprint
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.model.checkpoint import swap_in
+    from gemkr_llamaindex.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, swap_in, write_decoding
 
     target = CHECKPOINT_DIR / WIKI_SMOLLM2
     tmp = CHECKPOINT_DIR / f".{WIKI_SMOLLM2}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy2(final / "gemkr_config.json", tmp / "gemkr_config.json")
-    (tmp / "decoding.json").write_text(json.dumps(DecodingConfig.from_options(DECODING).to_dict(), indent=2))
-    _half_copy(final / "trainable.safetensors", tmp / "trainable.safetensors")
+    write_decoding(tmp, DecodingConfig.from_options(DECODING))
+    _half_copy(final / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+    meta = json.loads((final / CONFIG_FILE).read_text())
+    meta["files"] = {WEIGHTS_FILE: file_sha256(tmp / WEIGHTS_FILE)}  # the float16 copy's checksum
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     for name in ("loss_curve.png", "losses.json"):
         if (final.parent / name).is_file():
             shutil.copy2(final.parent / name, tmp / name)

@@ -25,8 +25,7 @@ def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
     """The KB of ``docs`` for ``tokenizer``: the packaged one when ``docs`` are the packaged summaries,
     else one built once per corpus and tokenizer under the cache."""
     from gemkr_llamaindex.assets import cache_dir
-    from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase
-    from gemkr_llamaindex.kb import hash_fields
+    from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase, hash_fields
 
     key = hashlib.sha256()
     hash_fields(key, str(getattr(tokenizer, "name_or_path", "")))

@@ -176,7 +176,7 @@ def test_save_load_round_trip_bit_exact(llm_dir, tmp_path):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
     out_dir = model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(f.name for f in out_dir.iterdir()) == ["gemkr_config.json", "trainable.safetensors"]
+    assert sorted(f.name for f in out_dir.iterdir()) == ["decoding.json", "gemkr_config.json", "trainable.safetensors"]
     loaded = GeMKRModel.from_pretrained(out_dir).eval()
     a, b = model.trainable_state_dict(), loaded.trainable_state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

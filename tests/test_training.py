@@ -173,7 +173,7 @@ def test_gemkr_train_checkpoints_and_resumes_identically(setup, capsys):
     assert "resumed from" in capsys.readouterr().out
 
     ckpt = root / "straight" / "checkpoint-4"
-    assert sorted(p.name for p in ckpt.iterdir()) == sorted(["gemkr_config.json", STATE_FILE, "trainable.safetensors"])
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(["decoding.json", "gemkr_config.json", STATE_FILE, "trainable.safetensors"])
     state_a = torch.load(ckpt / STATE_FILE, weights_only=True)
     state_b = torch.load(root / "interrupted" / "checkpoint-4" / STATE_FILE, weights_only=True)
     assert state_a["step"] == state_b["step"] == 4

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_type_hints
+
+from gemkr_llamaindex.config_fields import check_fields, parse_text
 
 CONSTRAINT_MODES = ("topk", "mask")
 DOC_SCORES = ("max", "logsumexp")
@@ -90,6 +92,7 @@ class DecodingConfig:
     evidence_whole_words: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and finite numbers first, naming the key (a JSON 4.0, null or NaN)
         if self.num_beams < 1 or self.num_groups < 1 or self.num_beams % self.num_groups:
             raise ValueError(f"num_beams ({self.num_beams}) must be a positive multiple of num_groups ({self.num_groups})")
         if not 1 <= self.min_length <= self.max_length:
@@ -163,14 +166,17 @@ class DecodingConfig:
         """
         base = base or cls()
         aliases = {"beams": "num_beams", "groups": "num_groups"}
+        hints = get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         changes: dict[str, Any] = {}
         for key, value in options.items():
             name = aliases.get(key, key)
             if name not in fields:
                 raise ValueError(f"unknown decoding option {key!r}; valid: {sorted(fields)} (or beams, groups)")
-            kind = type(getattr(base, name))
-            if isinstance(value, str) and kind is not str:
-                value = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            if isinstance(value, str):
+                try:
+                    value = parse_text(value, hints[name])
+                except ValueError as exc:
+                    raise ValueError(f"decoding option {key}: {exc}") from None
             changes[name] = value
         return dataclasses.replace(base, **changes)

@@ -418,10 +418,8 @@ class ClueGenerator:
 
 
 def checkpoint_decoding_config(checkpoint: str | Path) -> DecodingConfig | None:
-    """The decoding settings a checkpoint was tuned with (``decoding.json``), or None."""
-    import json
+    """The decoding settings a checkpoint was tuned with (``decoding.json``; None, with a warning, for an
+    older checkpoint without one): :func:`gemkr_llamaindex.model.checkpoint.read_decoding`."""
+    from gemkr_llamaindex.model.checkpoint import read_decoding
 
-    path = Path(checkpoint) / "decoding.json"
-    if not path.is_file():
-        return None
-    return DecodingConfig.from_options(json.loads(path.read_text()))
+    return read_decoding(checkpoint)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemkr_llamaindex.config_fields import check_fields
 from gemkr_llamaindex.model.template import DEFAULT_TASK
 
 
@@ -13,18 +14,23 @@ from gemkr_llamaindex.model.template import DEFAULT_TASK
 class GeMKRConfig:
     """Names the frozen base models and sizes the trainable parts.
 
-    * ``llm``: a Hugging Face causal LM folder or name, a ``.gguf`` file, or ``"smollm2"`` (packaged).
-    * ``clip_model``: an open_clip architecture, or ``None`` for a model **without a vision tower**: the
-      query reaches the LLM as question + visual tags only (the paper's caption-only ablation), and only
-      LoRA trains. ``clip_pretrained`` is an open_clip tag or a local checkpoint; ``None`` gives a random
-      tower seeded by ``clip_seed`` (architectures not shipped with open_clip go in ``clip_model_cfg``).
-    * ``detector``: a YOLO ``.pt`` path or architecture ``.yaml`` (or any spec the detector factory
-      accepts); ``None`` means no object features.
+    * ``llm``: a local Hugging Face causal LM folder, a ``.gguf`` file, or ``"smollm2"`` (packaged).
+    * ``clip_model``: an open_clip architecture (the paper's is ``"ViT-L-14"``), or ``None`` (the default)
+      for a model **without a vision tower**: the query reaches the LLM as question + visual tags only (the
+      paper's caption-only ablation, and the shipped checkpoint), and only LoRA trains.
+      ``clip_pretrained`` is a local checkpoint file; ``None`` gives a random tower seeded by ``clip_seed``
+      (architectures not shipped with open_clip go in ``clip_model_cfg``).
+    * ``detector``: a YOLO architecture ``.yaml``, a YOLO ``.safetensors`` export or a transformers
+      object-detection folder (any spec the detector factory accepts; a pickle-based ``.pt`` needs the
+      model's ``trust_detector_pickle=True``); ``None`` means no object features.
+
+    Nothing here names a download: hub ids and open_clip tags (``"openai"``, ``hf-hub:...``) are refused
+    when the model is built unless it is built with ``allow_download=True``.
     """
 
     llm: str = "smollm2"
-    clip_model: str | None = "ViT-L-14"
-    clip_pretrained: str | None = "openai"
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
     clip_model_cfg: dict[str, Any] | None = None
     clip_seed: int = 0
     detector: str | None = None
@@ -39,8 +45,16 @@ class GeMKRConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # a string lora_target_modules was once split into characters
         if self.clip_model is None and self.detector is not None:
             raise ValueError("a detector needs the vision tower (its crops are encoded by CLIP): set clip_model")
+        for key in ("prefix_length", "lora_r", "lora_alpha"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_objects < 0 or not 0 <= self.detector_conf <= 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("need max_objects >= 0, 0 <= detector_conf <= 1 and 0 <= lora_dropout < 1")
+        if not self.lora_target_modules:
+            raise ValueError("lora_target_modules must name at least one module (e.g. ['q_proj', 'v_proj'])")
 
     @property
     def has_vision(self) -> bool:

@@ -9,8 +9,9 @@ The detector is anything that satisfies :class:`~gemkr_llamaindex.model.detector
 
 * ``"hf:PATH"``, or a folder whose ``config.json`` is a transformers object-detection model (RT-DETR,
   DETR, ...) -> :class:`HFDetector` (core dependencies only, Apache-2.0);
-* a ``.pt`` / ``.yaml`` / ``.yml`` path or name, or a name starting with ``yolo`` -> :class:`YOLODetector`
-  (ultralytics, extra ``[yolo]``, AGPL-3.0). ``ObjectDetector`` is the YOLO class's historical name.
+* a ``.yaml`` / ``.yml`` architecture, a ``.safetensors`` export or a ``.pt`` file, or a name starting
+  with ``yolo`` -> :class:`YOLODetector` (ultralytics, extra ``[yolo]``, AGPL-3.0); a ``.pt`` is a pickle
+  and loads only with ``trust_pickle=True``. ``ObjectDetector`` is the YOLO class's historical name.
 
 Nothing here imports ultralytics or the transformers model classes until a detector is built.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "ObjectFeatureCache",
     "ObjectFeatureExtractor",
     "YOLODetector",
+    "check_detector_spec",
     "detector_kind",
     "make_detector",
 ]
@@ -60,7 +62,7 @@ HF_PREFIX = "hf:"
 def detector_kind(spec: str | Path) -> str:
     """``"hf"`` or ``"yolo"``: which implementation :func:`make_detector` builds for ``spec``.
 
-    Rules, in order: a ``hf:`` prefix -> hf; a ``.pt``/``.yaml``/``.yml`` suffix -> yolo; an existing
+    Rules, in order: a ``hf:`` prefix -> hf; a ``.pt``/``.yaml``/``.yml``/``.safetensors`` suffix (any case) -> yolo; an existing
     folder -> hf if its ``config.json`` is an object-detection model (else ValueError); a file or folder
     name starting with ``yolo`` -> yolo (the YOLO class then says what is missing). Anything else raises.
 
@@ -89,13 +91,28 @@ def detector_kind(spec: str | Path) -> str:
     )
 
 
-def make_detector(spec: str | Path, conf: float = 0.25, max_objects: int = MAX_OBJECTS, device: str = "cpu") -> Detector:
+def check_detector_spec(spec: str | Path, trust_pickle: bool = False) -> None:
+    """Raise before any loading if ``spec`` is a pickle-based YOLO file and ``trust_pickle`` is not given
+    (a spec that names nothing is left for :func:`make_detector` to report)."""
+    from gemkr_llamaindex.ultralytics_env import require_trusted
+
+    try:
+        kind = detector_kind(spec)
+    except (FileNotFoundError, ValueError):
+        return
+    if kind == "yolo":
+        require_trusted(spec, trust_pickle)
+
+
+def make_detector(spec: str | Path, conf: float = 0.25, max_objects: int = MAX_OBJECTS, device: str = "cpu",
+                  *, trust_pickle: bool = False) -> Detector:
     """The detector named by ``spec`` (rules in :func:`detector_kind`), keeping boxes scored ``conf`` or
-    more, at most ``max_objects`` per image, run on ``device``."""
+    more, at most ``max_objects`` per image, run on ``device``. ``trust_pickle``: the caller trusts a
+    pickle-based YOLO file (``.pt``), which can run code when loaded; without it such files are refused."""
     if detector_kind(spec) == "hf":
         text = str(spec)
         return HFDetector(text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else text, conf, max_objects, device)
-    return YOLODetector(spec, conf, max_objects, device)
+    return YOLODetector(spec, conf, max_objects, device, trust_pickle=trust_pickle)
 
 
 class ObjectFeatureCache:

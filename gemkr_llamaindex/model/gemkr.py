@@ -40,18 +40,26 @@ class GeMKRModel(nn.Module):
     """The GeMKR retriever's neural part. See the module docstring."""
 
     def __init__(self, config: GeMKRConfig, device: str | torch.device = "cpu", verbose: bool = False,
-                 base_llm: tuple[nn.Module, Any] | None = None) -> None:
+                 base_llm: tuple[nn.Module, Any] | None = None, *, trust_detector_pickle: bool = False,
+                 allow_download: bool = False) -> None:
         """``base_llm``: an already built ``(causal LM, tokenizer)`` to wrap instead of loading ``config.llm``
-        (for benchmarks of untrained architectures, e.g. a random LLaMA-7B-shaped model on a GPU)."""
+        (for benchmarks of untrained architectures, e.g. a random LLaMA-7B-shaped model on a GPU).
+        ``trust_detector_pickle``: the caller trusts a pickle-based detector file (``.pt``), which can run code
+        when loaded; ``allow_download``: base models may come from a hub (never otherwise)."""
         super().__init__()
         from gemkr_llamaindex.model.llm import add_lora, load_llm
 
         self.config = config
+        self.trust_detector_pickle = trust_detector_pickle
+        if config.detector is not None:
+            from gemkr_llamaindex.model.detector import check_detector_spec
+
+            check_detector_spec(config.detector, trust_detector_pickle)  # before minutes of loading
         if base_llm is not None:
             llm, self.tokenizer = base_llm
             llm.eval().requires_grad_(False)
         else:
-            llm, self.tokenizer = load_llm(config.llm, device=device)
+            llm, self.tokenizer = load_llm(config.llm, device=device, allow_download=allow_download)
         self.tower = self.alignment = self.preprocess = None
         self.visual_io: VisualInputs | None = None
         with torch.random.fork_rng(devices=[]):
@@ -61,7 +69,8 @@ class GeMKRModel(nn.Module):
                 from gemkr_llamaindex.model.vision import ObjectAwareVisionTower, load_clip
 
                 visual, self.preprocess, image_size = load_clip(
-                    config.clip_model, config.clip_pretrained, config.clip_model_cfg, config.clip_seed)
+                    config.clip_model, config.clip_pretrained, config.clip_model_cfg, config.clip_seed,
+                    allow_download=allow_download)
                 self.tower = ObjectAwareVisionTower(visual, config.prefix_length, config.max_objects)
             self.llm = add_lora(llm, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
             if config.has_vision:
@@ -70,7 +79,7 @@ class GeMKRModel(nn.Module):
             self.tower.to(device)
             self.alignment.to(device)
             self.visual_io = VisualInputs(config, self.tower, self.preprocess, image_size,
-                                          checkpoint.fingerprint(self.tower.visual))
+                                          checkpoint.fingerprint(self.tower.visual), trust_detector_pickle)
         self.template = InstructionTemplate(task=config.task_description)
         self.prompts = PromptBuilder(self.template, self.tokenizer, image_slot=config.has_vision)
         if verbose:
@@ -219,27 +228,51 @@ class GeMKRModel(nn.Module):
             raise RuntimeError(f"cannot {what} a model whose LoRA is merged for inference; call unmerge_lora() first")
 
     # ---- persistence -------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the trainable weights (safetensors) and a config naming the base models, atomically."""
+    def save_pretrained(self, directory: str | Path, decoding: Any = None) -> Path:
+        """Write the trainable weights (safetensors), ``decoding`` (a ``DecodingConfig``; default the library's
+        defaults) and a config naming the base models, atomically. A YOLO detector given by a file travels
+        inside the checkpoint as ``detector.safetensors``: a checkpoint never carries a pickle."""
         self._require_unmerged("save")
-        meta = {"config": self.config.to_dict(), "base_fingerprints": self.base_fingerprints(),
+        config, files = self.config.to_dict(), {}
+        if self._detector_travels():
+            config["detector"] = checkpoint.DETECTOR_FILE
+            files[checkpoint.DETECTOR_FILE] = self.visual_io.extractor().detector.safetensors_bytes()
+        meta = {"config": config, "base_fingerprints": self.base_fingerprints(),
                 "trainable_parameters": self.num_parameters()[0]}
-        return checkpoint.save(self.trainable_state_dict(), meta, directory)
+        return checkpoint.save(self.trainable_state_dict(), meta, directory, decoding, files)
+
+    def _detector_travels(self) -> bool:
+        """Whether the detector is YOLO weights from a file (saved with the checkpoint), rather than an
+        architecture that ships with ultralytics by name or a transformers folder."""
+        from gemkr_llamaindex.model.detector import detector_kind
+
+        spec = self.config.detector
+        return spec is not None and detector_kind(spec) == "yolo" and Path(spec).expanduser().exists()
 
     @staticmethod
     def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
         return checkpoint.read_config(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> GeMKRModel:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", *,
+                        trust_detector_pickle: bool = False, allow_download: bool = False,
+                        **overrides: Any) -> GeMKRModel:
         """Rebuild from ``save_pretrained`` output. ``overrides`` may relocate base models (e.g. ``llm=`` a
         local copy, ``detector=``); the base weights are checked against the fingerprints recorded at save
-        time. See :mod:`gemkr_llamaindex.model.checkpoint` on detector paths."""
+        time. A checkpoint's own detector is data only (see :mod:`gemkr_llamaindex.model.checkpoint`);
+        ``trust_detector_pickle`` applies to a ``detector=`` you pass, never to the checkpoint's."""
         directory = Path(directory)
+        if trust_detector_pickle and "detector" not in overrides:
+            raise ValueError("trust_detector_pickle=True applies to a detector you pass (detector=PATH), never to "
+                             "the one a checkpoint names")
         meta = checkpoint.read_config(directory)
         config = checkpoint.resolve_detector(meta["config"], directory, explicit="detector" in overrides)
-        model = cls(GeMKRConfig.from_dict({**config, **overrides}), device=device)
-        model.load_trainable(directory / WEIGHTS_FILE, expected_fingerprints=meta.get("base_fingerprints"))
+        try:
+            config = GeMKRConfig.from_dict({**config, **overrides})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{directory / CONFIG_FILE}: {exc}") from None
+        model = cls(config, device=device, trust_detector_pickle=trust_detector_pickle, allow_download=allow_download)
+        model.load_trainable(directory / WEIGHTS_FILE, expected_fingerprints=meta["base_fingerprints"])
         return model
 
     def load_trainable(self, path: str | Path, expected_fingerprints: dict[str, str] | None = None) -> None:

@@ -8,6 +8,7 @@ bf16 on GPU and fp32 on CPU (CPU bf16 matmuls are slow and imprecise).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,13 +18,17 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def load_llm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """``(model, tokenizer)`` for a hub name or local folder, frozen and in eval mode."""
+def load_llm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             *, allow_download: bool = False):
+    """``(model, tokenizer)`` for a local folder, a ``.gguf`` file or ``"smollm2"``, frozen and in eval mode.
+    A hub id is refused unless ``allow_download=True``: loading never reaches the network by itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gemkr_llamaindex.assets import resolve_model
 
     path = resolve_model(name_or_path)  # "smollm2", a .gguf file (converted once), a folder or a hub id
+    if not allow_download and not Path(path).is_dir():
+        path = _cached_hub_folder(path)
     dtype = dtype or default_dtype(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -39,6 +44,19 @@ def load_llm(name_or_path: str, device: str | torch.device = "cpu", dtype: torch
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def _cached_hub_folder(hub_id: str) -> str:
+    """The local Hugging Face cache's folder of ``hub_id`` (looked up without the network), else ValueError."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        raise ValueError(f"the LLM {hub_id!r} is a Hugging Face hub id that is not in the local cache, and loading "
+                         "never reaches the network: pass the path of a local model folder (or a .gguf file), or "
+                         "allow_download=True") from None
 
 
 def add_lora(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ def register_clip_model_config(name: str, model_cfg: dict[str, Any]) -> None:
 
     if name in open_clip.list_models():
         return
+    if not _ARCH_NAME.match(name):  # it names a file under the cache: no separators, no "..", no hidden files
+        raise ValueError(f"open_clip architecture name {name!r} must be letters, digits, '-', '_' and '.'")
     folder = assets.cache_dir() / "open_clip_configs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
@@ -60,17 +63,45 @@ def register_clip_model_config(name: str, model_cfg: dict[str, Any]) -> None:
     open_clip.add_model_config(path)
 
 
+_ARCH_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
+#: open_clip config keys that make it fetch weights or configs from a hub while building the model.
+_REMOTE_CFG_KEYS = (("vision_cfg", "timm_model_pretrained"), ("text_cfg", "hf_model_name"), ("text_cfg", "hf_tokenizer_name"))
+
+
+def check_clip_is_local(model_name: str, pretrained: str | None, model_cfg: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` if building this tower would reach the network: an ``hf-hub:`` architecture, a
+    ``pretrained`` that is not a local file (an open_clip tag such as ``"openai"``), or a config that names
+    hub weights. Building never downloads unless the caller says ``allow_download=True``."""
+    remote = None
+    if model_name.startswith("hf-hub:"):
+        remote = f"clip_model {model_name!r} is a Hugging Face hub name"
+    elif pretrained is not None and not Path(pretrained).expanduser().is_file():
+        remote = f"clip_pretrained {pretrained!r} is not a local file (as an open_clip tag it is downloaded)"
+    else:
+        for part, key in _REMOTE_CFG_KEYS:
+            if ((model_cfg or {}).get(part) or {}).get(key):
+                remote = f"clip_model_cfg {part}.{key} names hub weights"
+    if remote:
+        raise ValueError(f"{remote}, and loading never reaches the network: give the path of a local checkpoint "
+                         "file as clip_pretrained (or None for a random tower), or pass allow_download=True")
+
+
 def load_clip(
-    model_name: str, pretrained: str | None = None, model_cfg: dict[str, Any] | None = None, seed: int = 0
+    model_name: str, pretrained: str | None = None, model_cfg: dict[str, Any] | None = None, seed: int = 0,
+    *, allow_download: bool = False,
 ) -> tuple[nn.Module, Any, int]:
     """Build an open_clip model, return ``(visual tower, eval preprocess, image size)``.
 
-    ``pretrained`` is an open_clip tag or a local checkpoint path; ``None`` gives a random tower,
-    seeded with ``seed`` so the same config always builds the same frozen weights. The text tower is
-    dropped: GeMKR only needs the image encoder.
+    ``pretrained`` is a local checkpoint path (an open_clip tag only with ``allow_download=True``); ``None``
+    gives a random tower, seeded with ``seed`` so the same config always builds the same frozen weights.
+    The text tower is dropped: GeMKR only needs the image encoder.
     """
     open_clip = import_open_clip()
 
+    if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).expanduser().is_file():
+        raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist; give an existing file or a tag")
+    if not allow_download:
+        check_clip_is_local(model_name, pretrained, model_cfg)
     if model_cfg is not None:
         register_clip_model_config(model_name, model_cfg)
     if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
@@ -78,8 +109,6 @@ def load_clip(
             f"unknown open_clip architecture {model_name!r}; pass one of open_clip.list_models() "
             "or give its config in `clip_model_cfg`"
         )
-    if pretrained is not None and Path(pretrained).suffix and not Path(pretrained).is_file():
-        raise FileNotFoundError(f"CLIP checkpoint {pretrained} does not exist; give an existing file or a tag")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -48,9 +48,11 @@ class VisualBatch:
 class VisualInputs:
     """Builds :class:`VisualBatch` es for a tower: preprocessing, and the cached object extractor."""
 
-    def __init__(self, config: Any, tower: Any, preprocess: Any, image_size: int, clip_fingerprint: str) -> None:
+    def __init__(self, config: Any, tower: Any, preprocess: Any, image_size: int, clip_fingerprint: str,
+                 trust_detector_pickle: bool = False) -> None:
         self.config, self.tower, self.preprocess, self.image_size = config, tower, preprocess, image_size
         self.clip_fingerprint = clip_fingerprint
+        self.trust_detector_pickle = trust_detector_pickle
         self._extractors: dict[str | None, Any] = {}
         self._lock = threading.Lock()
 
@@ -67,7 +69,8 @@ class VisualInputs:
                 any_extractor = next(iter(self._extractors.values()), None)
                 device = str(next(self.tower.parameters()).device)  # the detector runs where the tower does
                 detector = any_extractor.detector if any_extractor is not None else make_detector(
-                    self.config.detector, self.config.detector_conf, self.config.max_objects, device=device)
+                    self.config.detector, self.config.detector_conf, self.config.max_objects, device=device,
+                    trust_pickle=self.trust_detector_pickle)
                 cache = None
                 if cache_dir is not None:
                     namespace = json.dumps(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gemkr_llamaindex.tags.base import MissingExtraError, VisualTagger
 from gemkr_llamaindex.tags.tag import Tag
-from gemkr_llamaindex.ultralytics_env import import_ultralytics, preserve_torch_threads
+from gemkr_llamaindex.ultralytics_env import import_ultralytics, load_yolo, preserve_torch_threads, yolo_weights_format
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -68,8 +68,9 @@ class YOLOTagger(VisualTagger):
 
     Args:
         weights: a local ``.pt`` file (trained weights, cached by content hash; ultralytics unpickles
-            it, so load only files you trust) or a model ``.yaml`` (architecture only; results are not
-            cached since the weights are random).
+            it, so load only files you trust), a ``.safetensors`` export (``YOLODetector.save_safetensors``)
+            or a model ``.yaml`` (architecture only, read as data; results are not cached since the
+            weights are random).
         model: an already built ``ultralytics.YOLO`` instead of ``weights`` (not cached).
         names: class names overriding those in the weights (list or ``{index: name}``).
         conf: minimum detection confidence.
@@ -117,7 +118,7 @@ class YOLOTagger(VisualTagger):
 
     @property
     def cache_key(self) -> str | None:
-        if self.weights is None or self.weights.suffix != ".pt":
+        if self.weights is None or yolo_weights_format(self.weights) == "architecture":
             return None  # random or in-memory weights: their output is not a function of a file
         if self._key is None:
             digest = hashlib.sha256(self.weights.read_bytes()).hexdigest()[:16]
@@ -136,9 +137,8 @@ class YOLOTagger(VisualTagger):
     def model(self) -> Any:
         """The ``ultralytics.YOLO`` model, built on first use."""
         if self._model is None:
-            ultralytics = import_ultralytics_offline()
-            with preserve_torch_threads():
-                self._model = ultralytics.YOLO(str(self.weights))
+            import_ultralytics_offline()
+            self._model = load_yolo(self.weights, trust_pickle=True)  # the caller named this file: see ``weights``
         return self._model
 
     @property

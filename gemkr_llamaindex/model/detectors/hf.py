@@ -97,7 +97,8 @@ class HFDetector:
         self.device = device
         self.batch_size = batch_size
         self.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModelForObjectDetection.from_pretrained(str(folder), local_files_only=True)
+        # safetensors only: a pickled .bin could run code; remote code is never trusted (transformers' default)
+        self.model = AutoModelForObjectDetection.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         self.model.to(device).eval()
 
     @property

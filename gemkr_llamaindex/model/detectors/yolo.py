@@ -1,7 +1,8 @@
 """ultralytics YOLO as a :class:`~gemkr_llamaindex.model.detectors.base.Detector` (extra ``[yolo]``, AGPL-3.0).
 
 ultralytics is imported when a detector is built, offline and configured under the package cache, and
-every call into it keeps torch's thread count (see ``gemkr_llamaindex.ultralytics_env``).
+every call into it keeps torch's thread count; model files are read as data, and a pickle-based ``.pt``
+only with ``trust_pickle=True`` (see ``gemkr_llamaindex.ultralytics_env``).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemkr_llamaindex.model.detectors.base import MAX_OBJECTS, Box, as_rgb, top_boxes
-from gemkr_llamaindex.ultralytics_env import import_ultralytics, preserve_torch_threads
+from gemkr_llamaindex.ultralytics_env import load_yolo, preserve_torch_threads, yolo_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-YOLO_SUFFIXES = (".pt", ".yaml", ".yml")
+YOLO_SUFFIXES = (".pt", ".yaml", ".yml", ".safetensors")
 
 
 class YOLODetector:
-    """An ultralytics YOLO model from a local ``.pt`` file or an architecture ``.yaml`` (random init).
+    """An ultralytics YOLO model from an architecture ``.yaml`` (random init), a ``.safetensors`` export
+    (:meth:`save_safetensors`), or, with ``trust_pickle=True`` only, a local ``.pt`` file (a pickle: it can
+    run code when loaded).
 
     ``detect`` keeps the ``max_objects`` most confident boxes above ``conf``. ``detect_batch`` sends the
     images of one size to ``predict`` together, ``batch_size`` at a time, on ``device``: ultralytics
@@ -28,32 +31,38 @@ class YOLODetector:
     images of different sizes go in separate calls and every box equals what ``detect`` gives.
 
     Raises:
-        FileNotFoundError: a ``.pt`` (or suffix-less) ``weights`` that is not a local file; nothing is
-            ever downloaded.
+        FileNotFoundError: ``weights`` is not a local file (or a known architecture name); nothing is ever
+            downloaded.
+        UntrustedModelFileError: a pickle-based file without ``trust_pickle``, or a YAML that would run code.
         ImportError: ultralytics is not installed (the message names the ``[yolo]`` extra).
     """
 
     def __init__(
         self, weights: str | Path, conf: float = 0.25, max_objects: int = MAX_OBJECTS, device: str = "cpu",
-        *, batch_size: int = 16,
+        *, batch_size: int = 16, trust_pickle: bool = False,
     ) -> None:
-        weights = str(weights)
-        suffix = Path(weights).suffix.lower()
-        if suffix not in (".yaml", ".yml") and not Path(weights).is_file():
-            raise FileNotFoundError(
-                f"YOLO weights {weights} not found; give a local .pt path (no download happens) "
-                "or an architecture yaml such as 'yolov8n.yaml' for a random-init detector"
-            )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        ultralytics = import_ultralytics()
-        self.weights = weights
+        self.weights = str(weights)
         self.conf = conf
         self.max_objects = max_objects
         self.device = device
         self.batch_size = batch_size
-        with preserve_torch_threads():
-            self.model = ultralytics.YOLO(weights)
+        self.model = load_yolo(self.weights, trust_pickle=trust_pickle)
+        self._export = yolo_safetensors(self.model)  # before any predict fuses its layers
+
+    def safetensors_bytes(self) -> bytes:
+        """The weights as they were loaded (architecture, tensors, class names) as safetensors: a format that
+        carries no code, which a GeMKR checkpoint may carry and which loads without ``trust_pickle``."""
+        return self._export
+
+    def save_safetensors(self, path: str | Path) -> Path:
+        """Write :meth:`safetensors_bytes` to ``path`` (atomically), e.g. once for a trusted ``.pt``."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(self._export)
+        tmp.replace(path)
+        return path
 
     def detect(self, image: Image.Image) -> list[Box]:
         """Boxes of one RGB PIL image, most confident first, at most ``max_objects``."""
