@@ -203,7 +203,7 @@ def build(args, work: Path):
                          lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                          lora_target_modules=args.lora_targets.split(","),
                          **({"task_description": args.task} if args.task else {}))
-    model = GeMKRModel(config, device=args.device)
+    model = GeMKRModel(config, device=args.device, trust_detector_pickle=True)  # the detector was trained above
     # Evaluation clues: per document, a fixed set sampled once with the same sampler settings.
     eval_sampler = ClueSampler(kb, m=args.eval_clues, length=args.clue_length, seed=args.seed + 1)
     eval_clues = {d[0]: [c.token_ids for c in eval_sampler.sample(QUESTION, d[0])] for d in docs.values()}

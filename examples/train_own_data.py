@@ -83,7 +83,7 @@ def main() -> None:
     # 3. training (resumes automatically from the latest checkpoint in output_dir)
     config = TrainConfig(train_file=str(work / "train.jsonl"), kb_dir=str(kb_dir), output_dir=str(work / "run"),
                          model=model_cfg, max_steps=args.steps, batch_size=3, lr=1e-3, warmup_steps=2,
-                         save_every=10)
+                         save_every=10, trust_detector_pickle=True)  # --yolo names a file you chose: trusted
     final = train(config)
 
     # 4. rank the documents for a query by the likelihood of their clues

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -24,11 +25,21 @@ from typing import Any
 
 import torch
 
+from gemkr_llamaindex.config_fields import check_fields
 from gemkr_llamaindex.images import load_image
 from gemkr_llamaindex.model.gemkr import GeMKRConfig, GeMKRModel, VisualBatch
-from gemkr_llamaindex.training.data import InstructionExample
+from gemkr_llamaindex.training.data import CLUE_KEYWORDS, CLUE_MODES, InstructionExample
 
 STATE_FILE = "trainer_state.pt"
+#: Settings a resumed run may change: where things are and how the machine runs them, not what is learned
+#: (``max_steps`` may grow to continue a run). Any other difference is refused on resume.
+RESUME_MAY_CHANGE = frozenset({"kb_dir", "output_dir", "train_file", "init_from", "max_steps", "save_every", "device",
+                               "object_cache_dir", "resume", "cpu_bf16", "gradient_checkpointing", "allow_download",
+                               "trust_detector_pickle"})
+
+
+class ResumeConfigError(ValueError):
+    """The run in ``output_dir`` was started with other settings than the ones given now."""
 
 
 @dataclass
@@ -39,7 +50,10 @@ class TrainConfig:
     :func:`~gemkr_llamaindex.training.corpus_queries.corpus_training_queries`: pseudo-queries made from
     the KB alone). ``clue_mode`` picks the targets: ``"sampled"`` (the paper's clue sampler),
     ``"doc_start"`` (each document's opening, for ``anchor="doc_start"`` decoding) or ``"mixed"``.
-    ``decoding`` (DecodingConfig fields) is saved with the final checkpoint as its default decoding.
+    ``decoding`` (DecodingConfig fields) is saved with every checkpoint as its default decoding. Every
+    value is checked when the config is made (types, ranges, the ``model`` and ``decoding`` settings),
+    naming the key. ``allow_download`` lets base models come from a hub; ``trust_detector_pickle`` lets
+    the model load a pickle-based detector (``.pt``), which can run code: only for a file you trust.
     """
 
     kb_dir: str
@@ -60,7 +74,7 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # None: no clipping
     clues_per_doc: int = 2
     clue_length: int = 12
     rho: float = 1.0
@@ -72,6 +86,38 @@ class TrainConfig:
     device: str = "auto"
     object_cache_dir: str | None = None  # default: <cache>/object_features
     resume: bool = True
+    allow_download: bool = False
+    trust_detector_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for key, low, high, closed in (
+            ("lr", 0, None, False), ("max_grad_norm", 0, None, False), ("rho", 0, None, False),
+            ("max_steps", 1, None, True), ("batch_size", 1, None, True), ("grad_accum", 1, None, True),
+            ("clues_per_doc", 1, None, True), ("clue_length", 1, None, True), ("warmup_steps", 0, None, True),
+            ("save_every", 0, None, True), ("weight_decay", 0, None, True), ("vision_lr_scale", 0, None, True),
+            ("min_lr_ratio", 0, 1, True), ("opening_share", 0, 1, True),
+        ):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if (value < low if closed else value <= low) or (high is not None and value > high):
+                want = f"{'>=' if closed else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+                raise ValueError(f"{key} must be {want}, got {value!r}")
+        if self.clue_mode not in CLUE_MODES or self.clue_keywords not in CLUE_KEYWORDS:
+            raise ValueError(f"clue_mode must be one of {CLUE_MODES} and clue_keywords one of {CLUE_KEYWORDS}, got "
+                             f"{self.clue_mode!r} and {self.clue_keywords!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
+        for key, check in (("model", lambda v: GeMKRConfig.from_dict(v)), ("decoding", _decoding_config),
+                           ("corpus_queries", _check_corpus_query_options)):
+            try:
+                check(getattr(self, key) or {})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{key}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -105,6 +151,23 @@ class TrainConfig:
             return cls.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+def _decoding_config(options: dict[str, Any]) -> Any:
+    from gemkr_llamaindex.decoding import DecodingConfig
+
+    return DecodingConfig.from_options(options)
+
+
+def _check_corpus_query_options(options: dict[str, Any]) -> None:
+    import inspect
+
+    from gemkr_llamaindex.training.corpus_queries import corpus_training_queries
+
+    known = set(inspect.signature(corpus_training_queries).parameters) - {"kb", "seed"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; valid: {sorted(known)}")
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, max_steps: int, min_ratio: float = 0.1) -> float:
@@ -159,12 +222,18 @@ def cpu_has_bf16() -> bool:
     return any(f in flags for f in (" avx512_bf16", " amx_bf16"))
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
+def training_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's complete ``checkpoint-<step>`` folders (those with a trainer state), oldest first."""
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
         if (p / STATE_FILE).is_file() and p.name.split("-")[-1].isdigit():
             found.append((int(p.name.split("-")[-1]), p))
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = training_checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 class Trainer:
@@ -194,6 +263,7 @@ class Trainer:
 
             self.cache_dir = str(assets.cache_dir() / "object_features")
         self.losses: list[float] = []
+        self.decoding = _decoding_config(config.decoding or {})  # saved with every checkpoint
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     @property
@@ -205,7 +275,7 @@ class Trainer:
         if not self.is_main_process:
             return None
         ckpt = self.output_dir / f"checkpoint-{self.step}"
-        self.model.save_pretrained(ckpt)
+        self.model.save_pretrained(ckpt, decoding=self.decoding)
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                  "train_config": dataclasses.asdict(self.config), "losses": self.losses}
         tmp = ckpt / (STATE_FILE + ".tmp")
@@ -213,14 +283,36 @@ class Trainer:
         tmp.replace(ckpt / STATE_FILE)
         return ckpt
 
-    def load_checkpoint(self, ckpt: str | Path) -> None:
+    def load_checkpoint(self, ckpt: str | Path, allow_config_change: bool = False) -> None:
+        """Continue from ``ckpt``: weights, optimizer state, step and losses.
+
+        Raises:
+            ResumeConfigError: the run was started with other settings (not in :data:`RESUME_MAY_CHANGE`),
+                unless ``allow_config_change``.
+            ValueError: the checkpoint is damaged (the message names it).
+        """
         ckpt = Path(ckpt)
+        try:
+            # weights_only: a checkpoint folder from elsewhere must not be able to run code when resumed
+            state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+            saved = state["train_config"]
+        except (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{ckpt / STATE_FILE}: not a readable trainer state ({type(exc).__name__}: {exc})") from None
+        now = dataclasses.asdict(self.config)
+        changed = sorted(k for k in set(saved) & set(now) - RESUME_MAY_CHANGE if saved[k] != now[k])
+        if changed and not allow_config_change:
+            diff = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+            raise ResumeConfigError(
+                f"{ckpt} belongs to a run with other settings ({diff}); continuing would mix two runs. Use another "
+                "output_dir, start over (gemkr train --no-resume), or continue anyway (--allow-config-change)"
+            )
         meta = GeMKRModel.read_checkpoint_config(ckpt)
         self.model.load_trainable(ckpt / "trainable.safetensors", meta.get("base_fingerprints"))
-        # weights_only: a checkpoint folder from elsewhere must not be able to run code when resumed
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{ckpt / STATE_FILE}: the optimizer state does not fit this model ({exc})") from None
         self.losses = list(state.get("losses", []))
 
     # -- loop ----------------------------------------------------------------------------------------------
@@ -265,7 +357,7 @@ class Trainer:
                     loss.backward()
                 total += float(loss.detach())
                 n_seen += len(chunk)
-            if cfg.max_grad_norm:
+            if cfg.max_grad_norm is not None:
                 if self.accelerator is not None:
                     self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 else:
@@ -332,20 +424,18 @@ def training_queries(config: TrainConfig, kb: Any) -> list:
     return records
 
 
-def train(config: TrainConfig, verbose: bool = True) -> Path:
-    """Python API of ``gemkr train``: make the examples from the KB, train, save ``output_dir/final``."""
-    import json
-
-    from gemkr_llamaindex.decoding import DecodingConfig
+def train(config: TrainConfig, verbose: bool = True, allow_config_change: bool = False) -> Path:
+    """Python API of ``gemkr train``: make the examples from the KB, train, save ``output_dir/final``.
+    ``allow_config_change``: resume a run even if its settings changed (see :meth:`Trainer.load_checkpoint`)."""
     from gemkr_llamaindex.kb import KnowledgeBase
     from gemkr_llamaindex.training.clues import ClueSampler
     from gemkr_llamaindex.training.data import build_examples
 
     torch.manual_seed(config.seed)
-    decoding = DecodingConfig.from_options(config.decoding or {})  # fail on a typo before hours of training
     kb = KnowledgeBase.open(config.kb_dir)
     device = resolve_device(config.device)
-    model = GeMKRModel(GeMKRConfig.from_dict(config.model), device=device)
+    model = GeMKRModel(GeMKRConfig.from_dict(config.model), device=device,
+                       trust_detector_pickle=config.trust_detector_pickle, allow_download=config.allow_download)
     kb.check_tokenizer(model.tokenizer)  # clues are KB token ids: the one tokenizer check
     records = training_queries(config, kb)
     sampler = ClueSampler(kb, m=config.clues_per_doc, length=config.clue_length, rho=config.rho, seed=config.seed)
@@ -357,9 +447,17 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
               f"{len(sampler.stats.docs_missing)} positive ids not in the KB")
         print(model.parameter_summary())
     trainer = Trainer(model, examples, config)
-    ckpt = latest_checkpoint(config.output_dir) if config.resume else None
+    found = training_checkpoints(config.output_dir) if config.resume else []
+    ckpt = found[-1] if found else None
     if ckpt is not None:
-        trainer.load_checkpoint(ckpt)
+        try:
+            trainer.load_checkpoint(ckpt, allow_config_change)
+        except ResumeConfigError:
+            raise
+        except (OSError, ValueError) as exc:
+            instead = f"resume from {found[-2].name}" if len(found) > 1 else "start over"
+            raise ValueError(f"cannot resume from {ckpt}, the run's latest checkpoint: {exc}. Move it aside (or "
+                             f"delete it) to {instead}") from None
         if verbose:
             print(f"resumed from {ckpt} at step {trainer.step}")
     elif config.init_from:  # continue training another run's result (new data, a new schedule)
@@ -372,8 +470,7 @@ def train(config: TrainConfig, verbose: bool = True) -> Path:
     trainer.train(progress=verbose and trainer.is_main_process)
     final = Path(config.output_dir) / "final"
     if trainer.is_main_process:
-        model.save_pretrained(final)
-        (final / "decoding.json").write_text(json.dumps(decoding.to_dict(), indent=2))
+        model.save_pretrained(final, decoding=trainer.decoding)
         write_loss_curve(trainer.losses, Path(config.output_dir), time.perf_counter() - t0)
     if trainer.accelerator is not None:
         trainer.accelerator.wait_for_everyone()
