@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,8 +83,13 @@ def converted_gguf(gguf: str | Path, name: str | None = None) -> Path:
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir()))
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+            # a truncated or garbage file fails deep in the GGUF reader, without the file's name
+            raise ValueError(f"{gguf}: not a readable GGUF model ({type(exc).__name__}: {exc}); the file may be "
+                             "truncated or not a GGUF file") from None
         # The GGUF loader dequantises to float but marks the model as non-serialisable: rebuild a plain
         # model from the same config and move the float weights over.
         config = gguf_model.config

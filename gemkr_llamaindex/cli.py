@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, (KBError, FileNotFoundError, ValueError, KeyError)):
             print(f"gemkr: error: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, OSError):  # a read-only or full disk, a folder we may not write: no traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"gemkr: error: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -53,3 +53,18 @@ def test_packaged_summaries_are_titled_passages_like_dprs(wiki_docs):
     bare = dict(wiki_summaries(with_titles=False))
     assert all(by_id[t] == titled(t, bare[t]) for t in ("Cat", "Moon", "Apple Inc."))
     assert len(bare) == len(by_id) == 10_033
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header-only", "garbage", "bad-string"])
+def test_a_damaged_gguf_file_is_an_error_naming_it(damage, tmp_path, monkeypatch):
+    """A truncated or garbage GGUF failed deep in the reader (struct.error, UnicodeDecodeError) without its name."""
+    monkeypatch.setenv("GEMKR_CACHE", str(tmp_path / "cache"))
+    data = assets.smollm2_gguf_path().read_bytes()
+    # GGUF v3: magic, version, tensor count, kv count, then the first key as (uint64 length, bytes)
+    bad = {"truncated": data[:100_000], "header-only": data[:15], "garbage": os.urandom(3000),
+           "bad-string": data[:24] + b"\xff\xfe\xfd" + data[27:100_000]}[damage]
+    path = tmp_path / f"{damage}.gguf"
+    path.write_bytes(bad)
+    with pytest.raises(ValueError, match=f"{damage}.gguf"):
+        assets.resolve_model(str(path))
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # nothing half-written

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from gemkr_llamaindex.cli import main
 
@@ -40,3 +43,35 @@ def test_errors_go_to_stderr_with_exit_code(tmp_path, capsys):
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "gemkr_llamaindex.cli", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "gemkr-llamaindex" in done.stdout
+
+
+def _read_only_folder(tmp_path):
+    """A folder this process cannot write to: chmod 555, or, for root (whom modes do not stop), /sys."""
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return folder
+    try:
+        (Path("/sys") / "gemkr-write-probe").mkdir()
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no read-only folder is available to this (root) process")
+
+
+@pytest.mark.parametrize("where", ["read-only", "under-a-file"])
+def test_a_build_that_cannot_write_is_an_error_naming_the_path_not_a_traceback(where, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "Paris is the capital of France."}\n')
+    if where == "read-only":
+        parent = _read_only_folder(tmp_path)
+    else:
+        parent = tmp_path / "a-file"
+        parent.write_text("not a folder")
+    out = parent / "gemkr-test-kb"
+    assert main(["kb", "build", "--input", str(corpus), "--tokenizer", "smollm2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gemkr: error: ") and str(parent) in err and "Traceback" not in err
+    assert not out.exists()
