@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,7 +51,13 @@ def packaged_checkpoint_for(docs: list[tuple[str, str]]) -> Path | None:
         record = path / CORPUS_FILE
         if not (record.is_file() and (path / "gemkr_config.json").is_file()):
             continue
-        want = json.loads(record.read_text())
+        try:
+            want = json.loads(record.read_text(encoding="utf-8"))
+            if not isinstance(want, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, OSError) as exc:  # one damaged record must not hide the other checkpoints
+            warnings.warn(f"{record}: unreadable corpus record ({exc}); checkpoint {path.name} is skipped", stacklevel=2)
+            continue
         if want.get("num_docs") != len(docs):
             continue
         fp = fp or corpus_fingerprint(docs)

@@ -59,3 +59,24 @@ def test_the_packaged_checkpoint_is_found_for_the_packaged_corpus_only(wiki_docs
 
     assert packaged_checkpoint_for(wiki_docs) == packaged_checkpoint(WIKI_SMOLLM2) is not None
     assert packaged_checkpoint_for(wiki_docs[:-1] + [(wiki_docs[-1][0], wiki_docs[-1][1] + " ")]) is None
+
+
+def test_one_bad_corpus_record_does_not_hide_the_other_checkpoints(tmp_path, monkeypatch):
+    """A sibling checkpoint whose corpus.json is torn or not an object is skipped with a warning naming it."""
+    import json
+
+    import pytest
+
+    from gemkr_llamaindex import checkpoints
+
+    docs = [("a", "alpha text"), ("b", "beta text")]
+    for name, record in (("a-torn", '{"num_docs": 2, "sha'), ("b-list", "[1, 2]"), ("c-bytes", b"\xff\xfe"),
+                         ("d-good", json.dumps(checkpoints.corpus_fingerprint(docs)))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gemkr_config.json").write_text("{}")
+        target = tmp_path / name / checkpoints.CORPUS_FILE
+        target.write_bytes(record) if isinstance(record, bytes) else target.write_text(record)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_DIR", tmp_path)
+    with pytest.warns(UserWarning, match=r"a-torn/corpus\.json") as caught:
+        assert checkpoints.packaged_checkpoint_for(docs) == tmp_path / "d-good"
+    assert len(caught) == 3
