@@ -133,6 +133,31 @@ def test_decoding_over_remote_shards_gives_the_same_clues_and_scores(sharded, de
         assert [c.score for c in g.clues] == pytest.approx([c.score for c in w.clues], abs=1e-6)
 
 
+def test_a_stalled_actor_is_a_timeout_error_not_a_hang(sharded):
+    """A shard actor stopped with SIGSTOP (a hung process, a node under swap) once made ``ray.get`` wait for ever."""
+    import signal
+    import time
+
+    import ray
+
+    docs, path, _ = sharded
+    remote = open_remote_kb(path, groups=2, actor_options={"num_cpus": 0.1}, timeout=3)
+    actor = remote._index._actors[1]
+    pid = ray.get(actor.pid.remote())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError, match=r"did not answer 'count_of' within 3 s"):
+            remote.count(docs[0][:2])
+        assert time.perf_counter() - t0 < 30
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert remote.count(docs[0][:2]) >= 1  # once the actor runs again, so does the KB
+    remote.close()
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        open_remote_kb(path, groups=1, timeout=0)
+
+
 def test_a_corrupt_shard_is_refused_by_its_actor(tmp_path):
     docs = random_docs(30, 2)
     path = tmp_path / "kb"

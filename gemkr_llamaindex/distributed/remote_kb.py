@@ -23,6 +23,8 @@ import numpy as np
 
 from gemkr_llamaindex.kb.knowledge_base import KnowledgeBase
 
+#: How long a query waits for the shard actors' answer to one call before it is an error.
+DEFAULT_TIMEOUT_S = 120.0
 #: Key stride for merging CSR lists: (state, token + 1) -> state * _STRIDE + token + 1 (token ids < 2^32).
 _STRIDE = np.int64(1) << np.int64(33)
 
@@ -69,6 +71,12 @@ class ShardGroupServer:
     def info(self) -> dict[str, Any]:
         return {"n_docs": int(self._set.n_docs),
                 "shards": [dict(self._set.shard_info(i)) for i in range(self._set.n_shards)]}
+
+    def pid(self) -> int:
+        """The actor's process id (to find a stalled actor on its node)."""
+        import os
+
+        return os.getpid()
 
     def _docs(self, docs: np.ndarray) -> np.ndarray:
         return docs + self._base
@@ -151,9 +159,12 @@ class RemoteShardSet:
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], verify: bool, *, groups: int = 2,
-                 actor_options: dict[str, Any] | None = None) -> None:
+                 actor_options: dict[str, Any] | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         ray = import_ray()
         self._ray = ray
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds (or None to wait for ever), got {timeout!r}")
+        self.timeout = timeout
         shards = manifest["shards"]
         self._groups = shard_groups(shards, groups)
         self._slices = [slice(a, b) for a, b in self._groups]
@@ -165,7 +176,7 @@ class RemoteShardSet:
             for a, b in self._groups
         ]
         try:
-            infos = ray.get([actor.info.remote() for actor in self._actors])  # surfaces open errors here
+            infos = self._get([actor.info.remote() for actor in self._actors], "info")  # surfaces open errors here
         except BaseException:
             self.close()
             raise
@@ -192,15 +203,25 @@ class RemoteShardSet:
         return dict(self._shard_info[i])
 
     # ---------------------------------------------------------------- fan-out
+    def _get(self, refs: list[Any], method: str) -> list[Any]:
+        """``ray.get`` with the KB's timeout: a stalled or lost actor is an error, not a query that hangs."""
+        try:
+            return self._ray.get(refs, timeout=self.timeout)
+        except self._ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"the KB's shard actors did not answer {method!r} within {self.timeout} s (an actor may be stalled, "
+                "overloaded or on a lost node); check the Ray cluster, or raise open_remote_kb(timeout=...)"
+            ) from None
+
     def _call(self, method: str, *args: Any) -> list[Any]:
-        return self._ray.get([getattr(a, method).remote(*args) for a in self._actors])
+        return self._get([getattr(a, method).remote(*args) for a in self._actors], method)
 
     def _call_split(self, method: str, states: np.ndarray, *args: Any) -> list[Any]:
         states = np.asarray(states, dtype=np.int64)
         if states.ndim != 3 or states.shape[1:] != (self.n_shards, 2):
             raise ValueError(f"states must have shape (B, {self.n_shards}, 2), got {states.shape}")
         parts = [np.ascontiguousarray(states[:, sl]) for sl in self._slices]
-        return self._ray.get([getattr(a, method).remote(p, *args) for a, p in zip(self._actors, parts)])
+        return self._get([getattr(a, method).remote(p, *args) for a, p in zip(self._actors, parts)], method)
 
     # ---------------------------------------------------------------- the ShardSet methods
     def root(self, batch: int, anchored: bool = False) -> np.ndarray:
@@ -288,13 +309,17 @@ class RemoteShardSet:
 
 
 def open_remote_kb(path: str | Path, *, groups: int = 2, tokenizer: Any = None, verify: bool = True,
-                   actor_options: dict[str, Any] | None = None) -> KnowledgeBase:
+                   actor_options: dict[str, Any] | None = None,
+                   timeout: float | None = DEFAULT_TIMEOUT_S) -> KnowledgeBase:
     """Open the KB at ``path`` with its shards served by ``groups`` Ray actors (Ray must be initialised,
     or it starts a local cluster). ``actor_options`` go to ``.options()`` of every actor (default
     ``num_cpus=1``; e.g. ``{"resources": {"kb": 1}}`` to place them on chosen nodes). Everything but the
-    shards (document ids, texts, lengths, tokenizer) is read here; ``kb.close()`` ends the actors."""
+    shards (document ids, texts, lengths, tokenizer) is read here; ``kb.close()`` ends the actors.
+    ``timeout``: seconds one call waits for the actors (a ``TimeoutError`` then names the call; None waits
+    for ever, as a stalled actor would make it)."""
 
     def factory(folder: Path, manifest: dict[str, Any], verify_files: bool) -> RemoteShardSet:
-        return RemoteShardSet(folder, manifest, verify_files, groups=groups, actor_options=actor_options)
+        return RemoteShardSet(folder, manifest, verify_files, groups=groups, actor_options=actor_options,
+                              timeout=timeout)
 
     return KnowledgeBase.open(path, tokenizer=tokenizer, verify=verify, index_factory=factory)
