@@ -38,6 +38,14 @@ def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
         return KnowledgeBase.build(docs, tokenizer, path, overwrite=True, show_progress=progress)
 
 
+def option_names() -> set[str]:
+    """Every option this retriever reads: :data:`OWN_OPTIONS` and each ``DecodingConfig`` field (``beams``,
+    ``groups`` too), read when called, so a new decoding setting is an option as soon as it exists."""
+    from gemkr_llamaindex.decoding import DecodingConfig
+
+    return OWN_OPTIONS | {f.name for f in dataclasses.fields(DecodingConfig)} | {"beams", "groups"}
+
+
 def decoding_options(options: dict) -> dict[str, Any]:
     """The options that are DecodingConfig fields (``beams``/``groups`` accepted)."""
     from gemkr_llamaindex.decoding import DecodingConfig

@@ -10,7 +10,9 @@ in without touching this package::
 
 A retriever factory takes ``(docs, options)``: ``docs`` a list of ``(doc_id, text)``, ``options`` a
 dict with at least ``top_k`` and ``use_tags`` plus any ``--option key=value`` from the CLI (and, for
-an oracle, ``gold``: ``{(question, image_path): gold doc ids}``), and returns a LlamaIndex
+an oracle, ``gold``: ``{(question, image_path): gold doc ids}``); the names it reads are declared with
+``options=`` when it is registered, so that a run refuses a misspelt option instead of ignoring it
+(:func:`check_options`; a factory registered without them accepts anything), and returns a LlamaIndex
 ``BaseRetriever`` whose nodes' ``id_`` are the corpus doc ids. An answerer factory takes ``options``
 and returns a callable ``answer(AnswerRequest) -> str``; the request holds the retrieved
 ``NodeWithScore`` objects, best first, exactly as the retriever returned them.
@@ -18,13 +20,19 @@ and returns a callable ``answer(AnswerRequest) -> str``; the request holds the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.core.schema import NodeWithScore
 
 RetrieverFactory = Callable[[list, dict], Any]
+#: The option names a factory reads: a collection, or a callable returning one (evaluated at each check, so
+#: names derived from a config class follow it); None: undeclared, any option is accepted.
+OptionNames = Iterable[str] | Callable[[], Iterable[str]] | None
+#: Options the runner and the CLI set or read themselves, accepted in every run.
+RUN_OPTIONS = frozenset({"top_k", "use_tags", "progress", "gold", "device", "text_model", "clip_model",
+                         "clip_pretrained", "li_clip_model", "li_mapping", "reader_context"})
 
 
 @dataclass
@@ -70,26 +78,28 @@ class RetrieverEntry:
     description: str
     oracle: bool = False
     companions: tuple[str, ...] = ()
+    options: OptionNames = None
 
 
 RETRIEVERS: dict[str, RetrieverEntry] = {}
-ANSWERERS: dict[str, tuple[AnswererFactory, str]] = {}
+ANSWERERS: dict[str, tuple[AnswererFactory, str, OptionNames]] = {}
 
 
 def register_retriever(name: str, factory: RetrieverFactory, *, uses_tags: bool = False, uses_image: bool = True,
                        description: str = "", oracle: bool = False, companions: tuple[str, ...] = (),
-                       overwrite: bool = False) -> None:
+                       overwrite: bool = False, options: OptionNames = None) -> None:
     """Add a retriever factory under ``name``.
 
     ``uses_tags``: the retriever reads visual tags (its label gets ``+tags`` in tagged runs);
     ``uses_image``: it reads ``QueryBundle.image_path`` (text-only retrievers skip writing image files);
     ``oracle``: it reads the gold annotations (``options["gold"]``), so its rows are upper bounds, and
     their labels say ``(oracle)``; ``companions``: retrievers always reported beside this one (a
-    hybrid's own parts: ``gemkr+bm25`` brings ``gemkr``), added to a run that names it without them.
+    hybrid's own parts: ``gemkr+bm25`` brings ``gemkr``), added to a run that names it without them;
+    ``options``: the ``--option`` names the factory reads (:data:`OptionNames`).
     """
     if name in RETRIEVERS and not overwrite:
         raise ValueError(f"retriever {name!r} is already registered (pass overwrite=True to replace it)")
-    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description, oracle, tuple(companions))
+    RETRIEVERS[name] = RetrieverEntry(factory, uses_tags, uses_image, description, oracle, tuple(companions), options)
 
 
 def with_companions(names: list[str]) -> list[str]:
@@ -105,11 +115,32 @@ def with_companions(names: list[str]) -> list[str]:
     return out
 
 
-def register_answerer(name: str, factory: AnswererFactory, *, description: str = "", overwrite: bool = False) -> None:
-    """Add an answerer factory under ``name``."""
+def register_answerer(name: str, factory: AnswererFactory, *, description: str = "", overwrite: bool = False,
+                      options: OptionNames = None) -> None:
+    """Add an answerer factory under ``name``; ``options``: the ``--option`` names it reads."""
     if name in ANSWERERS and not overwrite:
         raise ValueError(f"answerer {name!r} is already registered (pass overwrite=True to replace it)")
-    ANSWERERS[name] = (factory, description)
+    ANSWERERS[name] = (factory, description, options)
+
+
+def _names(declared: OptionNames) -> frozenset[str] | None:
+    return None if declared is None else frozenset(declared() if callable(declared) else declared)
+
+
+def check_options(options: dict, retrievers: Iterable[str], answerer: str | None = None) -> None:
+    """Raise ``ValueError`` naming every option that none of the run's retrievers (nor its answerer, nor the
+    runner) reads, and the valid ones; a misspelt ``--option`` was once silently ignored. Nothing is checked
+    when one of them was registered without declaring its options."""
+    declared = [_names(RETRIEVERS[r].options) for r in retrievers if r in RETRIEVERS]
+    if answerer is not None and answerer in ANSWERERS:
+        declared.append(_names(ANSWERERS[answerer][2]))
+    if any(d is None for d in declared):
+        return
+    valid = RUN_OPTIONS.union(*declared)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {', '.join(retrievers)}"
+                         f"{f' and {answerer}' if answerer else ''}; valid: {', '.join(sorted(valid))}")
 
 
 def build_retriever(name: str, docs: list, options: dict) -> Any:
@@ -165,6 +196,12 @@ def _gold(docs: list, o: dict):
     if "gold" not in o:
         raise ValueError("the 'gold' oracle reads the run's gold annotations; it runs inside eval-vqa runs only")
     return GoldOracleRetriever(docs, o["gold"], similarity_top_k=o["top_k"])
+
+
+def _gemkr_options() -> set[str]:
+    from .gemkr import option_names
+
+    return option_names()
 
 
 def _gemkr_factory(docs: list, o: dict):
@@ -228,21 +265,31 @@ def _reader(options: dict) -> Answerer:
     return answer
 
 
-register_retriever("bm25", _bm25, uses_tags=True, uses_image=False, description="BM25 (bm25s) over passage text")
-register_retriever("dense", _dense, uses_tags=True, uses_image=False, description="all-MiniLM-L6-v2 cosine")
-register_retriever("clip", _clip, description="open_clip image -> passage text")
-register_retriever("li", _li, uses_tags=True, description="late interaction MaxSim (PreFLMR-style, small)")
+register_retriever("bm25", _bm25, uses_tags=True, uses_image=False, description="BM25 (bm25s) over passage text",
+                   options=())
+register_retriever("dense", _dense, uses_tags=True, uses_image=False, description="all-MiniLM-L6-v2 cosine",
+                   options=("text_model",))
+register_retriever("clip", _clip, description="open_clip image -> passage text",
+                   options=("clip_model", "clip_pretrained", "clip_question_weight"))
+register_retriever("li", _li, uses_tags=True, description="late interaction MaxSim (PreFLMR-style, small)",
+                   options=("text_model", "li_clip_model", "clip_pretrained", "li_mapping"))
 register_retriever("gemkr", _gemkr_factory, uses_tags=True, description="GeMKR clues by constrained decoding "
-                   "(zero-shot SmolLM2 unless --option checkpoint=DIR)")
+                   "(zero-shot SmolLM2 unless --option checkpoint=DIR)", options=_gemkr_options)
 register_retriever("gemkr-paper", _gemkr_scored("paper"), uses_tags=True,
-                   description="GeMKR ranked by its best unique clues (the paper's scoring), same search")
+                   description="GeMKR ranked by its best unique clues (the paper's scoring), same search",
+                   options=_gemkr_options)
 register_retriever("gemkr-seal", _gemkr_scored("seal"), uses_tags=True,
-                   description="GeMKR ranked by SEAL's published n-gram aggregation (alpha 2, beta 0.8)")
+                   description="GeMKR ranked by SEAL's published n-gram aggregation (alpha 2, beta 0.8)",
+                   options=_gemkr_options)
 register_retriever("gemkr-fast", _gemkr_scored("fast"), uses_tags=True,
-                   description="GeMKR fast mode: the query's LM-scored n-grams alone, no beam search")
+                   description="GeMKR fast mode: the query's LM-scored n-grams alone, no beam search",
+                   options=_gemkr_options)
 register_retriever("gemkr+bm25", _gemkr_bm25, uses_tags=True, companions=("gemkr",),
                    description="GeMKR and BM25 fused by reciprocal rank (LlamaIndex QueryFusionRetriever); "
-                   "reported beside pure gemkr")
-register_retriever("gold", _gold, oracle=True, description="oracle: the query's gold documents (an upper bound)")
-register_answerer("reader", _reader, description="VQA reader (SmolLM2-135M-Instruct by default)")
-register_answerer("top-title", _top_title, description="top passage's doc id (floor baseline)")
+                   "reported beside pure gemkr", options=_gemkr_options)
+register_retriever("gold", _gold, oracle=True, description="oracle: the query's gold documents (an upper bound)",
+                   options=())
+register_answerer("reader", _reader, description="VQA reader (SmolLM2-135M-Instruct by default)",
+                  options=("reader_model", "reader_max_new_tokens", "reader_context", "reader_window", "reader_hints",
+                           "reader_spans"))
+register_answerer("top-title", _top_title, description="top passage's doc id (floor baseline)", options=())

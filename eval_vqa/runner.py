@@ -12,8 +12,10 @@ each build their own; the records are the same either way.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .loaders.base import VQADataset, VQAQuery
 from .metrics import aggregate, answer_scores
-from .registry import RETRIEVERS, AnswerRequest, build_answerer, build_retriever, with_companions
+from .registry import RETRIEVERS, AnswerRequest, build_answerer, build_retriever, check_options, with_companions
 from .report import ORACLE_MARK
 
 if TYPE_CHECKING:
@@ -113,6 +115,28 @@ def read_appended_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``path`` atomically (temp file, then rename), and only if its text changes."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _names_query(score: Callable[[Any, dict], dict]) -> Callable[[Any, dict], dict]:
+    """A scorer's errors name the query (its id), not its position in a batch."""
+
+    @functools.wraps(score)
+    def scored(self: Any, item: dict) -> dict:
+        try:
+            return score(self, item)
+        except ValueError as exc:
+            raise ValueError(f"query {item['qid']!r}: {exc}") from exc
+
+    return scored
+
+
 class RunDir:
     """The output folder: config check, the per-query JSONL, and the set of finished (label, qid)."""
 
@@ -126,7 +150,13 @@ class RunDir:
         want = {**asdict(config), "corpus_size": len(docs), "corpus_sha256": corpus_fingerprint(docs)["sha256"]}
         cfg_file = self.path / "config.json"
         if cfg_file.is_file() and self.per_query.is_file():
-            have = json.loads(cfg_file.read_text())
+            try:
+                have = json.loads(cfg_file.read_text(encoding="utf-8"))
+                if not isinstance(have, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"{cfg_file} is unreadable ({exc}), so the run in {self.path} cannot be resumed; "
+                                 "use another --out folder, or delete the folder to start over") from None
             fixed = ("dataset", "ks", "limit", "max_docs", "seed", "tags", "options", "corpus_size", "corpus_sha256",
                      "answerer", "reader_k", "vqa_normalize")
             diff = [k for k in fixed if have.get(k, _CONFIG_DEFAULTS.get(k)) != want.get(k)]
@@ -136,7 +166,7 @@ class RunDir:
                     "use another --out folder or delete it to start over"
                 )
             want["retrievers"] = sorted(set(have.get("retrievers", [])) | set(want["retrievers"]))
-        cfg_file.write_text(json.dumps(want, indent=2))
+        _write_if_changed(cfg_file, json.dumps(want, indent=2))
         self.records: list[dict] = read_appended_jsonl(self.per_query) if self.per_query.is_file() else []
         self.done: set[tuple[str, str]] = {(rec["retriever"], rec["qid"]) for rec in self.records}
 
@@ -251,6 +281,7 @@ class RetrievalScorer:
         self.build_s = time.perf_counter() - t0
         self.evaluator = VQARetrieverEvaluator(retriever=retriever, ks=list(ks))
 
+    @_names_query
     def __call__(self, item: dict) -> dict:
         t = time.perf_counter()
         res = self.evaluator.evaluate(item["question"], expected_ids=item["gold_doc_ids"], expected_texts=item["answers"],
@@ -274,6 +305,7 @@ class E2EScorer:
         self.answerer = answerer if answerer is not None else build_answerer(answerer_name, answerer_options)
         self.evaluator = VQARetrieverEvaluator(retriever=build_retriever(name, docs, options), ks=list(ks))
 
+    @_names_query
     def __call__(self, item: dict) -> dict:
         from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
 
@@ -341,6 +373,7 @@ def run_retrieval(
     from .report import write_reports
 
     config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
+    check_options(config.options, config.retrievers)  # a misspelt option fails here, before any work
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
     run = RunDir(out_dir, config, docs)
@@ -391,6 +424,7 @@ def run_e2e(
         raise ValueError("e2e needs an answerer (--answerer)")
     k = config.reader_k or 5
     config = replace(config, retrievers=with_companions(list(config.retrievers)))  # a hybrid brings its parts
+    check_options(config.options, config.retrievers, config.answerer)
     queries = dataset.queries[: config.limit] if config.limit else list(dataset.queries)
     docs = select_corpus(dataset, queries, config.max_docs, config.seed)
     run = RunDir(out_dir, config, docs)

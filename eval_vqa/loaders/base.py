@@ -33,7 +33,8 @@ class VQAQuery:
     """One image + question with its answers and (when the benchmark has them) gold document ids.
 
     ``image`` is a file path, a zero-argument callable returning a PIL image (images stored inside
-    TSV or packages), or None for text-only queries.
+    TSV or packages), or None for text-only queries. ``source`` says where the query was read
+    (``file:line``, ``file: record N``) for error messages.
     """
 
     qid: str
@@ -42,6 +43,7 @@ class VQAQuery:
     answers: list[str]
     gold_doc_ids: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    source: str = ""
 
     def load_image(self) -> Image.Image:
         """The query image as RGB.
@@ -91,6 +93,22 @@ class VQADataset:
     queries: list[VQAQuery]
     corpus: Corpus
     description: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse what would skew or break a run, naming where the query was read: a repeated query id (a
+        resumed run scored only one of them and mixed counts in its table) and a query with neither a
+        question nor a picture."""
+        first: dict[str, VQAQuery] = {}
+        for i, q in enumerate(self.queries):
+            where = q.source or f"{self.name} query #{i + 1}"
+            if not isinstance(q.question, str):
+                raise DatasetFormatError(f"{where}: the question must be a string, got {q.question!r}")
+            if not q.question.strip() and q.image is None:
+                raise DatasetFormatError(f"{where}: query {q.qid!r} has an empty question and no image")
+            if q.qid in first:
+                raise DatasetFormatError(f"{where}: duplicate query id {q.qid!r} (first at "
+                                         f"{first[q.qid].source or 'an earlier query'}); query ids must be unique")
+            first[q.qid] = q
 
     def corpus_dict(self, limit: int | None = None) -> dict[str, str]:
         """The corpus in memory (first ``limit`` docs); fine for small corpora and tests."""

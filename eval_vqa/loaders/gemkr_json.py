@@ -33,6 +33,7 @@ def load_gemkr_queries(path: str | Path, images_dir: str | Path) -> list[VQAQuer
                 answers=as_answer_list(answers, path, where),
                 gold_doc_ids=gold_ids,
                 meta={"target": rec["output"]},
+                source=f"{path}: {where}",
             )
         )
     return queries

@@ -37,8 +37,12 @@ def load_jsonl_queries(path: str | Path) -> list[VQAQuery]:
     path = require_file(path, "query JSONL")
     base = path.parent
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetFormatError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
@@ -56,6 +60,7 @@ def load_jsonl_queries(path: str | Path) -> list[VQAQuery]:
                     answers=as_answer_list(rec["answers"], path, f"line {lineno}"),
                     gold_doc_ids=[str(g) for g in rec.get("gold_doc_ids", [])],
                     meta={"image_ref": rec.get("image")},
+                    source=f"{path}:{lineno}",
                 )
             )
     return out

@@ -76,6 +76,7 @@ def load_m2kr(
                     answers=as_answer_list(row["answers"], f, where),
                     gold_doc_ids=[str(p) for p in (row["pos_item_ids"] or [])],
                     meta={"instruction": row["instruction"]},
+                    source=f"{f}: {where}",
                 )
             )
     return VQADataset(f"m2kr-{task}", queries, lambda: iter_m2kr_passages(passage_files), f"M2KR {task} {split}")

@@ -45,6 +45,8 @@ def read_json_records(path: Path) -> list[dict]:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -71,6 +73,7 @@ def load_dpr_queries(path: str | Path, images_dir: str | Path, image_split: str 
                 answers=as_answer_list(rec["answers"], path, where),
                 gold_doc_ids=gold,
                 meta={"img_id": rec["img_id"]},
+                source=f"{path}: {where}",
             )
         )
     return queries

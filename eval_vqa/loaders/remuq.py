@@ -110,6 +110,7 @@ def load_remuq(
                 answers=as_answer_list(rec[a_key], q_path, where),
                 gold_doc_ids=[str(ctxs[0]["id"])],
                 meta={"image_id": image_id},
+                source=f"{q_path}: {where}",
             )
         )
     return VQADataset("remuq", out, lambda: iter_csv_corpus(corpus_path), "ReMuQ; gold = ctxs[0]")
