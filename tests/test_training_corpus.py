@@ -215,13 +215,15 @@ def test_a_model_without_vision_tower_trains_saves_loads_and_retrieves(tmp_path,
     assert "### Image:" not in model.template.render("q?", "tags", image_slot=False)
     gen = ClueGenerator.from_checkpoint(final)
     assert gen.config.anchor == "doc_start" and gen.config.min_length == 2  # the checkpoint's decoding
-    # init_from: a new run starts from this one's weights (here with a zero learning rate: they stay as they are)
-    again = {**cfg, "output_dir": str(tmp_path / "run2"), "init_from": str(final), "lr": 0.0, "max_steps": 1}
+    # init_from: a new run starts from this one's weights (here with a vanishing learning rate, since 0 is refused:
+    # one AdamW step moves each weight by about lr, far below its float32 spacing, so they stay as they are)
+    again = {**cfg, "output_dir": str(tmp_path / "run2"), "init_from": str(final), "lr": 1e-30, "max_steps": 1}
     from safetensors.torch import load_file
 
     second = train(TrainConfig.from_dict(again), verbose=False)
     first_w, second_w = load_file(str(final / "trainable.safetensors")), load_file(str(second / "trainable.safetensors"))
-    assert first_w.keys() == second_w.keys() and all(torch.equal(first_w[k], second_w[k]) for k in first_w)
+    assert first_w.keys() == second_w.keys()
+    assert all(torch.allclose(first_w[k], second_w[k], rtol=0, atol=1e-20) for k in first_w)
     kb = KnowledgeBase.open(tmp_path / "kb")
     hits = GeMKRRetriever(gen, kb, similarity_top_k=2).retrieve("Where does the capital of Spain lie?")
     assert hits
@@ -259,7 +261,7 @@ def test_a_checkpoint_detector_outside_its_folder_is_refused(tmp_path):
     meta = json.loads((ckpt / "gemkr_config.json").read_text())
     meta["config"]["detector"] = str(tmp_path / "elsewhere.pt")
     (ckpt / "gemkr_config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="unpickles"):
+    with pytest.raises(ValueError, match="outside its folder"):
         GeMKRModel.from_pretrained(ckpt)
 
 
@@ -283,7 +285,7 @@ def test_two_process_training_under_accelerate_matches_one_process(tmp_path):
                "corpus_queries": {"wordnet": "none", "named": 1, "pictured": 1, "imagenet": False},
                "clue_mode": "doc_start", "clue_length": 4,  # equal clue lengths: per-rank means average exactly
                "model": {"llm": str(llm), "clip_model": None, "clip_pretrained": None}, "batch_size": 4,
-               "lr": 5e-3, "warmup_steps": 1, "max_steps": 3, "save_every": 0, "max_grad_norm": 0.0}
+               "lr": 5e-3, "warmup_steps": 1, "max_steps": 3, "save_every": 0, "max_grad_norm": None}
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path
