@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from gemkr_llamaindex.model.prompt import PromptBuilder, PromptEmbeds
 from gemkr_llamaindex.model.scoring import clue_log_likelihood, target_log_probs
 from gemkr_llamaindex.model.template import InstructionTemplate
 from gemkr_llamaindex.model.visual import VisualBatch, VisualInputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gemkr_llamaindex.decoding.config import DecodingConfig
 
 __all__ = ["GeMKRConfig", "GeMKRModel", "GeMKROutput", "PromptEmbeds", "VisualBatch"]
 
@@ -50,7 +53,6 @@ class GeMKRModel(nn.Module):
         from gemkr_llamaindex.model.llm import add_lora, load_llm
 
         self.config = config
-        self.trust_detector_pickle = trust_detector_pickle
         if config.detector is not None:
             from gemkr_llamaindex.model.detector import check_detector_spec
 
@@ -228,7 +230,7 @@ class GeMKRModel(nn.Module):
             raise RuntimeError(f"cannot {what} a model whose LoRA is merged for inference; call unmerge_lora() first")
 
     # ---- persistence -------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, decoding: Any = None) -> Path:
+    def save_pretrained(self, directory: str | Path, decoding: DecodingConfig | None = None) -> Path:
         """Write the trainable weights (safetensors), ``decoding`` (a ``DecodingConfig``; default the library's
         defaults) and a config naming the base models, atomically. A YOLO detector given by a file travels
         inside the checkpoint as ``detector.safetensors``: a checkpoint never carries a pickle."""
