@@ -358,5 +358,5 @@ def test_the_shipped_checkpoint_loads_with_its_checksums():
     meta = read_config(ckpt)
     assert meta["format_version"] == FORMAT_VERSION and "trainable.safetensors" in meta["files"]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert read_decoding(ckpt).num_beams == 30
+        warnings.simplefilter("error")  # its decoding.json is there and valid: no fallback to the defaults
+        assert read_decoding(ckpt).to_dict() == json.loads((ckpt / "decoding.json").read_text())
