@@ -34,20 +34,20 @@ import time
 from pathlib import Path
 
 MODES = [  # (context, k, spans)
-    ("passage", 3, False), ("clue_window", 3, False), ("evidence_window", 3, False), ("passage", 1, False),
-    ("evidence_window", 1, False), ("passage", 3, True), ("evidence_window", 3, True), ("evidence_window", 1, True),
+    ("passage", 3, False), ("clue_window", 3, False), ("evidence_window", 3, False), ("evidence_window", 1, False),
+    ("passage", 3, True), ("evidence_window", 3, True), ("evidence_window", 1, True),
 ]
 
 
-def retrieve(path: Path, retrievers: list[str], k: int, cache: Path) -> dict[str, list[dict]]:
-    """Per retriever, per query: the top-``k`` nodes as ``{"id", "text", "metadata"}`` (read from ``cache``
-    when this file, retriever list and checkpoint were retrieved before)."""
+def retrieve(path: Path, name: str, k: int, cache: Path) -> list[list[dict]]:
+    """Per query, retriever ``name``'s top-``k`` nodes as ``{"id", "text", "metadata"}`` (read from ``cache``
+    when this file and retriever were retrieved before with the same checkpoint settings)."""
     from gemkr_llamaindex.checkpoints import packaged_checkpoint
 
     ck = packaged_checkpoint()
     decoding = (Path(ck) / "decoding.json").read_bytes() if ck else b""
-    key = hashlib.sha256(path.read_bytes() + json.dumps([retrievers, k]).encode() + decoding).hexdigest()[:12]
-    file = cache / f"{path.stem}-{key}.json"
+    key = hashlib.sha256(path.read_bytes() + json.dumps([name, k]).encode() + decoding).hexdigest()[:12]
+    file = cache / f"{path.stem}-{name}-{key}.json"
     if file.is_file():
         return json.loads(file.read_text())
 
@@ -58,32 +58,28 @@ def retrieve(path: Path, retrievers: list[str], k: int, cache: Path) -> dict[str
     from gemkr_llamaindex.llamaindex import VQAQueryBundle
 
     items = load_mini_benchmark(path)
-    docs = list(wiki_summaries())
     tagger = None
     if any(it["image"] for it in items):
         from gemkr_llamaindex.tags import hint_tagger
 
         tagger = hint_tagger()
-    out: dict[str, list[dict]] = {}
-    for name in retrievers:
-        retriever = build_retriever(name, docs, {"top_k": k, "use_tags": tagger is not None})
-        rows = []
-        for it in items:
-            image = packaged_image_path(it["image"]["package"], it["image"]["name"]) if it["image"] else None
-            tags = tagger(str(image)) if image is not None else None
-            hits = retriever.retrieve(VQAQueryBundle(query_str=it["question"], image_path=str(image) if image else None,
-                                                     tags=tags))
-            rows.append([{"id": h.node.node_id, "text": h.node.get_content(),
-                          "metadata": {m: h.node.metadata[m] for m in ("clues", "evidence") if m in h.node.metadata}}
-                         for h in hits[:k]])
-            print(f"\r{path.name} {name}: {len(rows)}/{len(items)}", end="", file=sys.stderr, flush=True)
-        out[name] = rows
-        print(file=sys.stderr)
+    retriever = build_retriever(name, list(wiki_summaries()), {"top_k": k, "use_tags": tagger is not None})
+    rows = []
+    for it in items:
+        image = packaged_image_path(it["image"]["package"], it["image"]["name"]) if it["image"] else None
+        tags = tagger(str(image)) if image is not None else None
+        hits = retriever.retrieve(VQAQueryBundle(query_str=it["question"], image_path=str(image) if image else None,
+                                                 tags=tags))
+        rows.append([{"id": h.node.node_id, "text": h.node.get_content(),
+                      "metadata": {m: h.node.metadata[m] for m in ("clues", "evidence") if m in h.node.metadata}}
+                     for h in hits[:k]])
+        print(f"\r{path.name} {name}: {len(rows)}/{len(items)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
+    tmp.write_text(json.dumps(rows))
     tmp.replace(file)
-    return out
+    return rows
 
 
 def main() -> int:
@@ -92,6 +88,7 @@ def main() -> int:
     p.add_argument("--retrievers", default="gemkr,bm25")
     p.add_argument("--reader-k", type=int, default=3)
     p.add_argument("--cache", type=Path, default=Path("runs/reader_evidence"))
+    p.add_argument("--modes", type=int, nargs="+", default=None, help="indices into MODES (default: all)")
     args = p.parse_args()
 
     from llama_index.core.schema import NodeWithScore, TextNode
@@ -101,17 +98,18 @@ def main() -> int:
     from reader import VQAReader
 
     retrievers = args.retrievers.split(",")
+    modes = [MODES[i] for i in args.modes] if args.modes else MODES
     reader = VQAReader().load()
-    table: dict[tuple, dict[tuple[str, str], float]] = {m: {} for m in MODES}
-    seconds: dict[tuple, list[float]] = {m: [] for m in MODES}
+    table: dict[tuple, dict[tuple[str, str], float]] = {m: {} for m in modes}
+    seconds: dict[tuple, list[float]] = {m: [] for m in modes}
     for path in args.queries:
         items = load_mini_benchmark(path)
-        retrieved = retrieve(path, retrievers, args.reader_k, args.cache)
         for name in retrievers:
-            for mode in MODES:
+            retrieved = retrieve(path, name, args.reader_k, args.cache)
+            for mode in modes:
                 context, k, spans = mode
                 ems = []
-                for it, nodes in zip(items, retrieved[name]):
+                for it, nodes in zip(items, retrieved):
                     passages = [NodeWithScore(node=TextNode(id_=n["id"], text=n["text"], metadata=n["metadata"]),
                                               score=1.0) for n in nodes[:k]]
                     t = time.perf_counter()
@@ -124,7 +122,7 @@ def main() -> int:
     print("\nExact match (%) of the packaged reader, no visual hints; rows: context / passages read / answer\n")
     print("| context | k | answer | " + " | ".join(f"{f} {r}" for f, r in cols) + " | reader s/query |")
     print("|---|---:|---|" + "---:|" * (len(cols) + 1))
-    for mode in MODES:
+    for mode in modes:
         context, k, spans = mode
         cells = " | ".join(f"{table[mode][c]:.1f}" for c in cols)
         print(f"| {context} | {k} | {'span' if spans else 'free'} | {cells} | {statistics.median(seconds[mode]):.2f} |")

@@ -4,10 +4,11 @@
    then cached).
 2. The GeMKR retriever: the checkpoint that ships for this KB (SmolLM2-135M + LoRA trained on
    pseudo-queries made from the summaries alone; it reads the question and the photo's visual tags,
-   ImageNet labels + OCR), with knowledge-guided constrained decoding (its own settings: 30 beams in 6
-   groups, clues of 3-8 tokens, half the groups anchored at document openings). ``--zero-shot`` runs the untrained
-   SmolLM2-135M-Instruct instead; ``--checkpoint DIR`` any other checkpoint.
-3. The VQA reader (SmolLM2-135M-Instruct) answers from the sentences around the top passages' clues.
+   ImageNet labels + OCR), with knowledge-guided constrained decoding and its own settings: documents are
+   ranked by evidence, the LM-scored n-grams they contain (the clues it generated, the question's words),
+   see docs/scoring.md. ``--zero-shot`` runs the untrained SmolLM2-135M-Instruct instead (the paper's
+   scoring); ``--checkpoint DIR`` any other checkpoint.
+3. The VQA reader (SmolLM2-135M-Instruct) answers from the sentences around the top passages' evidence.
 4. A few image + question queries of the shipped mini benchmark, then the retrieval table of the
    retrievers on the whole mini benchmark (per-query results are cached and resumed; ``--fresh`` reruns).
 """
@@ -83,13 +84,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n=== {it['image']['package']}:{it['image']['name']}  Q: {it['question']}")
         print(f"    visual tags (the retriever's; the reader gets none): {tagger(str(image)) if tagger else '-'}")
         for rank, hit in enumerate(response.source_nodes, start=1):
-            clue = hit.node.metadata["clues"][0]
-            print(f"    {rank}. {hit.node.node_id:<28} score {hit.score:7.3f}  clue: {clue['text']!r}")
+            print(f"    {rank}. {hit.node.node_id:<28} score {hit.score:7.3f}  {why(hit.node.metadata)}")
         print(f"    answer: {str(response).strip()!r}   (gold: {it['answers']}; {took:.1f} s)")
 
     if not args.no_table:
         retrieval_table(args.fresh, checkpoint)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
+
+
+def why(metadata: dict) -> str:
+    """What ranked a node: its strongest evidence n-grams (evidence scoring), else its best clue."""
+    evidence = metadata.get("evidence") or []
+    if evidence:
+        return "evidence: " + ", ".join(f"{e['text']!r} ({e['source']})" for e in evidence[:3])
+    clues = metadata.get("clues") or []
+    return f"clue: {clues[0]['text']!r}" if clues else ""
 
 
 def run_key(dataset, checkpoint: str | Path | None) -> str:
@@ -125,7 +134,8 @@ def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
           f"10,033 summaries); per-query results resume from {out}")
     plain = run_retrieval(dataset, RunConfig("mini", ["bm25", "dense"], [1, 5, 10], options=options),
                           out / "question", progress=True)
-    tagged = run_retrieval(dataset, RunConfig("mini", ["gemkr", "bm25", "dense"], [1, 5, 10], tags="classifier,ocr",
+    tagged = run_retrieval(dataset, RunConfig("mini", ["gemkr", "gemkr-fast", "bm25", "dense"], [1, 5, 10],
+                                              tags="classifier,ocr",
                                               options=options), out / "question+tags", progress=True)
     print("\n## question only\n")
     print(markdown_table(plain))
