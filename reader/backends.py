@@ -122,16 +122,22 @@ class _Backend:
         n_in = int(inputs["input_ids"].shape[1])
         self._check_length(n_in)
         config = self._generation_config(tokenizer)
-        extra: dict[str, Any] = {}
+        trie = None
         if spans is not None:
             from .spans import SpanTrie
 
-            trie = SpanTrie(spans, tokenizer, config.eos_token_id)
-            if trie:
-                # beam search, so that a span is chosen whole (it must end with EOS) rather than word by word
+            trie = SpanTrie(spans, tokenizer, config.eos_token_id) or None
+        with self._lock, torch.inference_mode():
+            if trie is not None and set(inputs) <= {"input_ids", "attention_mask"}:
+                from .spans import span_beam_search  # the prompt once, beams sharing its cache
+
+                new = torch.tensor(span_beam_search(self.model, inputs["input_ids"], trie, SPAN_BEAMS,
+                                                    self.max_new_tokens), dtype=torch.long)
+                return decode(new), int(new.shape[0])
+            extra: dict[str, Any] = {}
+            if trie is not None:  # pictures too (a vision-language model): transformers' beam search
                 config.num_beams = SPAN_BEAMS
                 extra["prefix_allowed_tokens_fn"] = lambda batch_id, ids: trie.allowed(ids[n_in:].tolist())
-        with self._lock, torch.inference_mode():
             out = self.model.generate(**inputs, generation_config=config, **extra)
         new = out[0, n_in:]
         return decode(new), int(new.shape[0])

@@ -70,3 +70,27 @@ def test_answer_spans_on_the_packaged_reader():
                                          "Felidae. It is the only domesticated species."), score=1.0)]
     answer = VQAReader().answer("Which planet is the Moon the natural satellite of?", passages=nodes, answer_spans=True)
     assert answer and words_of([answer]) <= words_of([nodes[0].node.get_content()])
+
+
+def test_span_beam_search_finds_the_best_span_when_beams_cover_the_trie(tiny_reader):
+    """With more beams than spans the search is exhaustive: it returns the span whose teacher-forced
+    ``(log p(span) + log p(EOS)) / (len + 1)`` is highest, computed here one span at a time."""
+    import torch
+
+    from reader.spans import span_beam_search
+
+    backend = tiny_reader._backend
+    tok, model = backend.tokenizer, backend.model
+    trie = SpanTrie(["Felidae family. Big cats."], tok, tok.eos_token_id, max_words=2)
+    prompt = tok("Which family?", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        got = span_beam_search(model, prompt, trie, num_beams=64, max_new_tokens=16)
+        best, best_score = None, None
+        for seq in tok(trie.spans, add_special_tokens=False).input_ids:
+            ids = torch.tensor([prompt[0].tolist() + seq + [tok.eos_token_id]])
+            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            target = ids[0, prompt.shape[1]:]
+            score = float(logp[prompt.shape[1] - 1:].gather(1, target[:, None]).sum()) / len(target)
+            if best_score is None or score > best_score:
+                best, best_score = seq, score
+    assert got == best
