@@ -76,7 +76,7 @@ def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: 
     from gemkr_llamaindex.assets import wiki_summaries
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.images import packaged_image_path
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
     from gemkr_llamaindex.llamaindex import ClueGenerator, VQAQueryBundle
     from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
 
@@ -225,7 +225,7 @@ def main() -> int:
     args = p.parse_args()
     options = dict(o.split("=", 1) for o in args.option)
 
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
 
     kb = wiki_summaries_kb()
     doc_ids = [kb.doc_id(i) for i in range(kb.num_docs)]

@@ -171,8 +171,9 @@ def build(args, work: Path):
     llm = "smollm2" if args.llm == "smollm2" else str(
         build_tiny_llm(work / "tiny_llm", hidden=args.tiny_hidden, layers=args.tiny_layers))
     docs = invented_documents(args.seed)
-    kb = KnowledgeBase.build(list(docs.values()), llm if llm != "smollm2" else "smollm2", work / "kb",
-                             show_progress=False, overwrite=True)
+    from gemkr_llamaindex.assets import load_tokenizer
+
+    kb = KnowledgeBase.build(list(docs.values()), load_tokenizer(llm), work / "kb", show_progress=False, overwrite=True)
     import easy_vqa
 
     train_labels, test_labels = image_labels("train"), image_labels("test")

@@ -167,7 +167,7 @@ def main() -> None:
     from host_search import HostSideBeamSearch
 
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
     from gemkr_llamaindex.llamaindex import ClueGenerator
 
     torch.manual_seed(0)

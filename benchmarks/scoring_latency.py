@@ -56,7 +56,7 @@ def main() -> int:
     from gemkr_llamaindex.checkpoints import packaged_checkpoint
     from gemkr_llamaindex.decoding import SearchStats
     from gemkr_llamaindex.images import packaged_image_path
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
     from gemkr_llamaindex.llamaindex import ClueGenerator, VQAQueryBundle
 
     ck = packaged_checkpoint()

@@ -61,7 +61,7 @@ def main() -> int:
     import torch
 
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
     from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever
 
     kb = wiki_summaries_kb()

@@ -54,7 +54,7 @@ DECODING = {"num_beams": 20, "num_groups": 4, "min_length": 3, "max_length": 8, 
 
 def summaries_kb(llm: str):
     """The KB of the packaged summaries in ``llm``'s tokenizer (the packaged one for SmolLM2)."""
-    from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+    from gemkr_llamaindex.kb_cache import wiki_summaries_kb
 
     if llm == "smollm2":
         return wiki_summaries_kb()

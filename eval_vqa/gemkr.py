@@ -12,7 +12,6 @@ which the registry's ``gemkr-paper``, ``gemkr-seal`` and ``gemkr-fast`` set.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from typing import Any
 
@@ -22,20 +21,11 @@ OWN_OPTIONS = {"checkpoint", "llm", "zero_shot", "device", "batch_size", "top_k"
 
 
 def corpus_kb(docs: list, tokenizer: Any, progress: bool = False):
-    """The KB of ``docs`` for ``tokenizer``: the packaged one when ``docs`` are the packaged summaries,
-    else one built once per corpus and tokenizer under the cache."""
-    from gemkr_llamaindex.assets import cache_dir
-    from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase, hash_fields
+    """The KB of ``docs`` for ``tokenizer``, built once per corpus and tokenizer under the cache
+    (:func:`gemkr_llamaindex.kb_cache.cached_kb`)."""
+    from gemkr_llamaindex.kb_cache import cached_kb
 
-    key = hashlib.sha256()
-    hash_fields(key, str(getattr(tokenizer, "name_or_path", "")))
-    for doc_id, text in docs:
-        hash_fields(key, doc_id, text)
-    path = cache_dir() / "kb" / f"eval-{key.hexdigest()[:16]}"
-    try:
-        return KnowledgeBase.open(path)
-    except IndexFormatError:
-        return KnowledgeBase.build(docs, tokenizer, path, overwrite=True, show_progress=progress)
+    return cached_kb(docs, tokenizer, show_progress=progress)
 
 
 def option_names() -> set[str]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gemkr_llamaindex.assets import cache_dir
-from gemkr_llamaindex.kb.packaged import wiki_summaries_kb
+from gemkr_llamaindex.kb_cache import wiki_summaries_kb
 
 DEMO_ITEMS = ("mini-003", "mini-001", "mini-012")
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from gemkr_llamaindex._version import __version__
 
 _LAZY = {
+    "load_tokenizer": "gemkr_llamaindex.assets",
     "KnowledgeBase": "gemkr_llamaindex.kb",
     "KBError": "gemkr_llamaindex.kb",
     "GeMKRIndex": "gemkr_llamaindex.llamaindex",
@@ -33,6 +34,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gemkr_llamaindex.assets import load_tokenizer
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.images import load_image
     from gemkr_llamaindex.kb import KBError, KnowledgeBase
@@ -66,6 +68,7 @@ __all__ = [
     "__version__",
     "hint_tagger",
     "load_image",
+    "load_tokenizer",
     "train",
     "vqa_tool",
 ]

@@ -11,27 +11,15 @@ ids and texts); :func:`packaged_checkpoint_for` hands it out only for that corpu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
+
+from gemkr_llamaindex.kb.corpus import corpus_fingerprint  # noqa: F401  (the one corpus identity; re-exported)
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints_data"
 WIKI_SMOLLM2 = "wiki-smollm2"
 CORPUS_FILE = "corpus.json"
-
-
-def corpus_fingerprint(docs: Iterable[tuple[str, str]]) -> dict[str, object]:
-    """``{"num_docs", "sha256"}`` of a corpus of ``(doc_id, text)`` pairs, in order."""
-    from gemkr_llamaindex.kb.corpus import hash_fields
-
-    h = hashlib.sha256()
-    n = 0
-    for doc_id, text in docs:
-        hash_fields(h, doc_id, text)
-        n += 1
-    return {"num_docs": n, "sha256": h.hexdigest()}
 
 
 def packaged_checkpoint(name: str = WIKI_SMOLLM2) -> Path | None:

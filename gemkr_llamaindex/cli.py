@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # Modules that provide ``register(subparsers)``; imported when the command line is parsed.
 SUBCOMMAND_MODULES = (
-    "gemkr_llamaindex.kb.cli",
+    "gemkr_llamaindex.kb_cli",
     "gemkr_llamaindex.tags.cli",
     "gemkr_llamaindex.training.cli",
     "gemkr_llamaindex.llamaindex.cli",

@@ -36,10 +36,10 @@ def test_checkpoint_lookup_fingerprint_tells_the_colliding_corpora_apart():
 
 
 def test_baseline_cache_fingerprint_tells_the_colliding_corpora_apart():
-    from eval_vqa.baselines.common import corpus_fingerprint
+    from eval_vqa.baselines.common import cache_key
 
     def fp(docs, *extra):
-        return corpus_fingerprint([d for d, _ in docs], [t for _, t in docs], *extra)
+        return cache_key([d for d, _ in docs], [t for _, t in docs], *extra)
 
     assert fp(BASELINE_A) != fp(BASELINE_B)
     assert fp(CORPUS_A) != fp(CORPUS_B)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gemkr_llamaindex.assets import load_tokenizer
 from gemkr_llamaindex.kb import KnowledgeBase
 from gemkr_llamaindex.model.gemkr import GeMKRConfig, GeMKRModel
 from gemkr_llamaindex.model.tiny import TINY_CLIP_CFG, TINY_CLIP_NAME
@@ -39,7 +40,7 @@ def picture(colour: str, rng: random.Random) -> Image.Image:
 def test_training_makes_the_image_select_the_document(tmp_path):
     torch.manual_seed(0)
     rng = random.Random(0)
-    kb = KnowledgeBase.build(DOCS, "smollm2", tmp_path / "kb", show_progress=False)
+    kb = KnowledgeBase.build(DOCS, load_tokenizer("smollm2"), tmp_path / "kb", show_progress=False)
     records = []
     for colour, _ in DOCS:
         for i in range(4):

@@ -10,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from gemkr_llamaindex.assets import load_tokenizer
 from gemkr_llamaindex.kb import KnowledgeBase
 from gemkr_llamaindex.training.clues import ClueSampler, keywords, start_distribution, token_view
 
@@ -26,7 +27,7 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
-    return KnowledgeBase.build(DOCS, "smollm2", tmp_path_factory.mktemp("kb") / "kb", show_progress=False)
+    return KnowledgeBase.build(DOCS, load_tokenizer("smollm2"), tmp_path_factory.mktemp("kb") / "kb", show_progress=False)
 
 
 def _contains(haystack: np.ndarray, needle: list[int]) -> bool:

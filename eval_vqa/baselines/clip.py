@@ -19,7 +19,7 @@ from llama_index.core.schema import QueryBundle
 
 from gemkr_llamaindex.model.vision import import_open_clip
 
-from .common import ScoringRetriever, cached_arrays, corpus_fingerprint, default_cache_dir, split_docs
+from .common import ScoringRetriever, cache_key, cached_arrays, default_cache_dir, split_docs
 
 TINY_CLIP = "gemkr-tiny-clip"
 _TINY_CLIP_CFG = {
@@ -97,7 +97,7 @@ class CLIPImageTextRetriever(ScoringRetriever):
         cache_file = None
         if cache_dir is not False and pretrained is not None:  # random weights change per run: never cache
             root = Path(cache_dir) if cache_dir else default_cache_dir("clip")
-            cache_file = root / f"{corpus_fingerprint(doc_ids, texts, model_name, str(pretrained))}.npz"
+            cache_file = root / f"{cache_key(doc_ids, texts, model_name, str(pretrained))}.npz"
 
         def compute() -> dict[str, np.ndarray]:
             chunks = [self._encode_text(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]

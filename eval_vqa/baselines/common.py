@@ -35,14 +35,13 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-def corpus_fingerprint(doc_ids: Sequence[str], texts: Sequence[str], *extra: str) -> str:
-    """A short hash of the corpus (ids and texts) and of ``extra`` settings, naming cache files."""
-    from gemkr_llamaindex.kb import hash_fields
+def cache_key(doc_ids: Sequence[str], texts: Sequence[str], *extra: str) -> str:
+    """A short name for cache files: the corpus's fingerprint (:func:`gemkr_llamaindex.kb.corpus_fingerprint`)
+    with ``extra`` settings (model name, dimensions ...)."""
+    from gemkr_llamaindex.kb import corpus_fingerprint, hash_fields
 
-    h = hashlib.sha1()
-    hash_fields(h, str(len(extra)), *extra)
-    for doc_id, text in zip(doc_ids, texts):
-        hash_fields(h, doc_id, text)
+    h = hashlib.sha256()
+    hash_fields(h, corpus_fingerprint(zip(doc_ids, texts))["sha256"], *extra)
     return h.hexdigest()[:20]
 
 

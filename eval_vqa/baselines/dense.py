@@ -14,8 +14,8 @@ from llama_index.core.schema import QueryBundle
 
 from .common import (
     ScoringRetriever,
+    cache_key,
     cached_arrays,
-    corpus_fingerprint,
     default_cache_dir,
     query_text,
     split_docs,
@@ -60,7 +60,7 @@ class DenseTextRetriever(ScoringRetriever):
         cache_file = None
         if cache_dir is not False:
             root = Path(cache_dir) if cache_dir else default_cache_dir("dense")
-            cache_file = root / f"{corpus_fingerprint(doc_ids, texts, Path(self.model_path).name)}.npz"
+            cache_file = root / f"{cache_key(doc_ids, texts, Path(self.model_path).name)}.npz"
 
         def compute() -> dict[str, np.ndarray]:
             emb = self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,

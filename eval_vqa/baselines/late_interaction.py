@@ -29,8 +29,8 @@ from llama_index.core.schema import QueryBundle
 from .clip import _open_query_image, load_open_clip
 from .common import (
     ScoringRetriever,
+    cache_key,
     cached_arrays,
-    corpus_fingerprint,
     default_cache_dir,
     query_text,
     split_docs,
@@ -96,7 +96,7 @@ class LateInteractionRetriever(ScoringRetriever):
         cache_file = None
         if cache_dir is not False:
             root = Path(cache_dir) if cache_dir else default_cache_dir("late_interaction")
-            key = corpus_fingerprint(doc_ids, texts, Path(self.text_model_path).name, str(dim), str(max_doc_tokens),
+            key = cache_key(doc_ids, texts, Path(self.text_model_path).name, str(dim), str(max_doc_tokens),
                                      str(seed))
             cache_file = root / f"{key}.npz"
 

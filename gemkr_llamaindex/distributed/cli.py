@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gemkr_llamaindex.kb.cli import add_build_arguments, build_inputs
+from gemkr_llamaindex.kb_cli import add_build_arguments, build_inputs
 
 
 def register(subparsers: Any) -> None:
@@ -30,8 +30,8 @@ def run_build(args: argparse.Namespace) -> int:
     if started:
         ray.init(address=args.address, log_to_driver=False)
     try:
-        docs, options = build_inputs(args)
-        kb = build_kb_on_ray(docs, args.tokenizer, args.out, max_in_flight=args.max_in_flight,
+        docs, tokenizer, options = build_inputs(args)
+        kb = build_kb_on_ray(docs, tokenizer, args.out, max_in_flight=args.max_in_flight,
                              task_options={"num_cpus": args.task_cpus}, **options)
     finally:
         if started:

@@ -88,6 +88,10 @@ def build_kb_on_ray(docs: Any, tokenizer: Any, out_dir: str | Path, *, shard_tok
     ``shard_tokens`` (or ``max_ram_gb``) sets the shard size, hence the parallelism: a corpus of N tokens
     gives ceil(N / shard_tokens) tasks. Other options are those of :meth:`KnowledgeBase.build`.
     """
+    if isinstance(tokenizer, str):  # a name of the package's own models ("smollm2") or a folder
+        from gemkr_llamaindex.assets import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
     writer = RayShardWriter(max_in_flight, task_options)
     return KnowledgeBase.build(docs, tokenizer, out_dir, shard_tokens=shard_tokens, shard_writer=writer,
                                **build_options)

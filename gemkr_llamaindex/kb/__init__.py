@@ -1,6 +1,6 @@
 """FM-index knowledge base over LLM-tokenized documents (GetNext, ValidDistinct, LookupDoc)."""
 
-from gemkr_llamaindex.kb.corpus import hash_fields, iter_documents, read_corpus_file, read_jsonl_corpus
+from gemkr_llamaindex.kb.corpus import corpus_fingerprint, hash_fields, iter_documents, read_corpus_file, read_jsonl_corpus
 from gemkr_llamaindex.kb.errors import (
     ChecksumError,
     CorpusError,
@@ -20,6 +20,7 @@ __all__ = [
     "ANCHORS",
     "Normalization",
     "hash_fields",
+    "corpus_fingerprint",
     "iter_documents",
     "read_corpus_file",
     "read_jsonl_corpus",

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gemkr_llamaindex import __version__
 from gemkr_llamaindex.kb import _fmindex
 from gemkr_llamaindex.kb.directory import TargetClaim, publish, remove_stale, temp_dir, version_name
 from gemkr_llamaindex.kb.errors import CorpusError, KBError
@@ -82,7 +81,7 @@ def build_kb(rows: Iterable[Row], out_dir: str | Path, tok: Any, vsize: int, nor
             manifest = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
-                "library_version": __version__,
+                "library_version": library_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_id": build_id,
                 "content_hash": content_hash(files),
@@ -294,3 +293,13 @@ def build_into(directory: Path, rows: Iterable[Row], vsize: int, shard_limit: in
             raise CorpusError(f"document id {store[a]!r} occurs twice (rows {min(a, b)} and {max(a, b)}); ids must be unique")
     np.save(directory / "doc_ids.order.npy", np.asarray(order, dtype=np.int64), allow_pickle=False)
     return {"num_docs": len(store), "num_tokens": total_tokens, "skipped_empty": skipped, "shards": shards}
+
+
+def library_version() -> str:
+    """The installed distribution's version (read from its metadata: the KB imports nothing of ours)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gemkr-llamaindex")
+    except PackageNotFoundError:
+        return "unknown"

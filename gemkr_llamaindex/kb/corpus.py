@@ -41,6 +41,19 @@ def hash_fields(h: Any, *fields: str | bytes) -> None:
         h.update(data)
 
 
+def corpus_fingerprint(docs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """``{"num_docs", "sha256"}`` of a corpus of ``(doc_id, text)`` pairs, in order: the one corpus identity
+    (packaged-checkpoint lookup, cached KBs, evaluation run folders and baseline caches)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    for doc_id, text in docs:
+        hash_fields(h, doc_id, text)
+        n += 1
+    return {"num_docs": n, "sha256": h.hexdigest()}
+
+
 def titled(title: str, text: str) -> str:
     """A passage in DPR's layout, ``"{title}. {text}"`` (no second period after a title that ends with one)."""
     return f"{title} {text}" if title.endswith(".") else f"{title}. {text}"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import unicodedata
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 UNICODE_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
@@ -32,11 +33,19 @@ class Normalization:
 
 
 def resolve_tokenizer(tokenizer: Any):
-    """A Hugging Face tokenizer from an instance, a name or a path (``"smollm2"`` = the packaged one)."""
-    if isinstance(tokenizer, str):
-        from gemkr_llamaindex.assets import load_tokenizer
+    """A Hugging Face tokenizer from an instance or a local folder (or a hub id already in the Hugging Face
+    cache). Names of the package's own models (``"smollm2"``) are resolved by the callers:
+    ``gemkr_llamaindex.load_tokenizer("smollm2")``."""
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
 
-        return load_tokenizer(tokenizer)
+        try:
+            return AutoTokenizer.from_pretrained(str(tokenizer))
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot load a tokenizer from {str(tokenizer)!r} ({type(exc).__name__}); pass a tokenizer, a local "
+                "folder, or for the packaged SmolLM2 gemkr_llamaindex.load_tokenizer('smollm2')"
+            ) from exc
     if not callable(getattr(tokenizer, "get_vocab", None)):
         raise TypeError(f"expected a Hugging Face tokenizer or its name/path, got {type(tokenizer).__name__}")
     return tokenizer

@@ -86,6 +86,10 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         persist_dir=DIR)`` passes it; :meth:`from_persist_dir` does it for you)."""
         self._kb = kb
         self._kb_dir = Path(kb_dir) if kb_dir is not None else None
+        if isinstance(tokenizer, str):  # a name of the package's own models ("smollm2") or a folder
+            from gemkr_llamaindex.assets import load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer)
         self._tokenizer = tokenizer if tokenizer is not None else (generator.tokenizer if generator else None)
         self._generator = generator
         self._kb_build_kwargs = kb_build_kwargs or {}
@@ -123,14 +127,15 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
     def _build_index_from_nodes(self, nodes: Sequence[BaseNode], **build_kwargs: Any) -> GeMKRIndexStruct:
         if self._tokenizer is None:
             raise ValueError("GeMKRIndex needs the LLM's tokenizer to build its KB: pass tokenizer= (or generator=)")
-        if self._kb_dir is None:
-            import uuid
+        if self._kb_dir is None:  # the corpus's KB for this tokenizer, built once in the cache
+            from gemkr_llamaindex.kb_cache import cached_kb
 
-            from gemkr_llamaindex.assets import cache_dir
-
-            self._kb_dir = cache_dir() / "indices" / uuid.uuid4().hex
-        self._kb = KnowledgeBase.build(list(nodes), self._tokenizer, self._kb_dir, show_progress=self._show_progress,
-                                       **self._kb_build_kwargs)
+            self._kb = cached_kb(list(nodes), self._tokenizer, show_progress=self._show_progress,
+                                 **self._kb_build_kwargs)
+            self._kb_dir = self._kb.path
+        else:
+            self._kb = KnowledgeBase.build(list(nodes), self._tokenizer, self._kb_dir,
+                                           show_progress=self._show_progress, **self._kb_build_kwargs)
         self._docstore.add_documents(nodes, allow_update=True)
         return GeMKRIndexStruct(kb_dir=str(self._kb_dir.resolve()), kb_build_id=self._kb.build_id)
 

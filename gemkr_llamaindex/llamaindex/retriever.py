@@ -114,22 +114,19 @@ class GeMKRRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> GeMKRRetriever:
         """A retriever over ``nodes`` (a KB is built from them with the generator's tokenizer, in ``kb_dir``
-        or a fresh cache folder, and they become the docstore) or over an existing ``kb``: exactly one."""
+        or once in the cache (:func:`gemkr_llamaindex.kb_cache.cached_kb`), and they become the docstore)
+        or over an existing ``kb``: exactly one."""
         if (nodes is None) == (kb is None):
             raise ValueError("GeMKRRetriever.from_defaults takes exactly one of nodes= (a KB is built from them) or kb=")
         if nodes is not None:
             from llama_index.core.storage.docstore import SimpleDocumentStore
 
             from gemkr_llamaindex.kb import KnowledgeBase
+            from gemkr_llamaindex.kb_cache import cached_kb
 
-            if kb_dir is None:
-                import uuid
-
-                from gemkr_llamaindex.assets import cache_dir
-
-                kb_dir = cache_dir() / "indices" / uuid.uuid4().hex
             nodes = list(nodes)
-            kb = KnowledgeBase.build(nodes, generator.tokenizer, kb_dir)
+            kb = (cached_kb(nodes, generator.tokenizer, show_progress=False) if kb_dir is None
+                  else KnowledgeBase.build(nodes, generator.tokenizer, kb_dir))
             if docstore is None:
                 docstore = SimpleDocumentStore()
                 docstore.add_documents(nodes)

@@ -1,4 +1,5 @@
-"""``gemkr kb build|info|query``."""
+"""``gemkr kb build|info|query``: the command line of :mod:`gemkr_llamaindex.kb` (kept outside it, since
+the KB imports nothing of the rest of the package; here tokenizer names and the packaged corpus resolve)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,11 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing KB directory")
 
 
-def build_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """``(docs, KnowledgeBase.build keyword arguments)`` from the parsed build options."""
+def build_inputs(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """``(docs, tokenizer, KnowledgeBase.build keyword arguments)`` from the parsed build options (the
+    tokenizer's name resolved: ``"smollm2"`` is the packaged one)."""
+    from gemkr_llamaindex.assets import load_tokenizer
+
     if args.input == WIKI_INPUT:
         from gemkr_llamaindex.assets import wiki_summaries
 
@@ -65,14 +69,14 @@ def build_inputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         options = {"id_field": args.id_field, "text_field": args.text_field, "include_title": not args.no_title}
     options.update(max_ram_gb=args.max_ram_gb, shard_tokens=args.shard_tokens, lowercase=args.lowercase,
                    unicode_normalization=args.unicode, skip_empty=args.skip_empty, overwrite=args.overwrite)
-    return docs, options
+    return docs, load_tokenizer(args.tokenizer), options
 
 
 def run_build(args: argparse.Namespace) -> int:
     from gemkr_llamaindex.kb import KnowledgeBase
 
-    docs, options = build_inputs(args)
-    kb = KnowledgeBase.build(docs, args.tokenizer, args.out, **options)
+    docs, tokenizer, options = build_inputs(args)
+    kb = KnowledgeBase.build(docs, tokenizer, args.out, **options)
     print(f"built {kb.path}: {kb.num_docs} documents, {kb.num_tokens} tokens, {kb.num_shards} shard(s) "
           f"in {kb.manifest['build']['seconds']:.1f} s")
     return 0
