@@ -175,8 +175,9 @@ class RemoteShardSet:
                                              int(shards[a]["doc_base"]), bool(verify))
             for a, b in self._groups
         ]
-        try:
-            infos = self._get([actor.info.remote() for actor in self._actors], "info")  # surfaces open errors here
+        try:  # surfaces open errors here; loading and checking shards may take longer than a query's timeout
+            start_wait = None if timeout is None else max(timeout, DEFAULT_TIMEOUT_S)
+            infos = self._wait([actor.info.remote() for actor in self._actors], "info", start_wait)
         except BaseException:
             self.close()
             raise
@@ -205,11 +206,14 @@ class RemoteShardSet:
     # ---------------------------------------------------------------- fan-out
     def _get(self, refs: list[Any], method: str) -> list[Any]:
         """``ray.get`` with the KB's timeout: a stalled or lost actor is an error, not a query that hangs."""
+        return self._wait(refs, method, self.timeout)
+
+    def _wait(self, refs: list[Any], method: str, timeout: float | None) -> list[Any]:
         try:
-            return self._ray.get(refs, timeout=self.timeout)
+            return self._ray.get(refs, timeout=timeout)
         except self._ray.exceptions.GetTimeoutError:
             raise TimeoutError(
-                f"the KB's shard actors did not answer {method!r} within {self.timeout} s (an actor may be stalled, "
+                f"the KB's shard actors did not answer {method!r} within {timeout} s (an actor may be stalled, "
                 "overloaded or on a lost node); check the Ray cluster, or raise open_remote_kb(timeout=...)"
             ) from None
 
@@ -316,7 +320,8 @@ def open_remote_kb(path: str | Path, *, groups: int = 2, tokenizer: Any = None, 
     ``num_cpus=1``; e.g. ``{"resources": {"kb": 1}}`` to place them on chosen nodes). Everything but the
     shards (document ids, texts, lengths, tokenizer) is read here; ``kb.close()`` ends the actors.
     ``timeout``: seconds one call waits for the actors (a ``TimeoutError`` then names the call; None waits
-    for ever, as a stalled actor would make it)."""
+    for ever, as a stalled actor would make it); opening waits at least ``DEFAULT_TIMEOUT_S`` for the
+    actors to load and check their shards."""
 
     def factory(folder: Path, manifest: dict[str, Any], verify_files: bool) -> RemoteShardSet:
         return RemoteShardSet(folder, manifest, verify_files, groups=groups, actor_options=actor_options,
