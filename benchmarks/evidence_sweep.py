@@ -98,10 +98,10 @@ def collect(path: Path, options: dict, max_count: int, unigram_top: int, cache: 
         image = packaged_image_path(it["image"]["package"], it["image"]["name"]) if it["image"] else None
         bundle = VQAQueryBundle(query_str=it["question"], tags=tagger(str(image)) if image is not None else None)
         t0 = time.perf_counter()
-        questions = gen.validate([bundle])
-        prompts = gen.build_prompts([bundle], questions)
+        prepared = gen.prepare([bundle])
+        prompts = gen.build_prompts(prepared)
         (res,) = gen.search_clues(prompts, 1, kb, keep_history=True)
-        question = questions[0]
+        question = prepared[0].prompt.question
         ngrams, lookup = gen.evidence_ngrams(prompts, 0, question, bundle.tags, res, kb, COLLECT_SOURCES, max_count)
         seconds = time.perf_counter() - t0
         sources = [g.source for g in ngrams]

@@ -71,14 +71,14 @@ def main() -> int:
     names = ("padded batch (anchor)", "distinct prefixes (tree)", "tree, empty prompt encoded once (calibrate)")
     times: dict[str, list[float]] = {k: [] for k in names}
     tokens: dict[str, list[int]] = {k: [] for k in names}
-    encoded = encode_prompt(gen.llm, gen._empty_prompt())
+    encoded = encode_prompt(gen.llm, gen.empty_prompt())
     worst = 0.0
     with torch.inference_mode():
         for q in queries:
             seqs = [c["token_ids"] + ([gen.end_token_id] if c["ends_document"] else []) for c in q["clues"]]
             if not seqs:
                 continue
-            empty = gen._empty_prompt()
+            empty = gen.empty_prompt()
             t0 = time.perf_counter()
             ref = padded_scores(gen.llm, empty, seqs, pad)
             t1 = time.perf_counter()

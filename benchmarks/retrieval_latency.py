@@ -62,7 +62,7 @@ def run(generator, kb, questions, batch: int, search=None) -> dict:
     t = time.perf_counter()
     for i in range(0, len(questions), batch):
         chunk = questions[i : i + batch]
-        prompts = generator._text_prompts(chunk, [None] * len(chunk))
+        prompts = generator.build_prompts(generator.prepare(chunk))
         if search is None:
             results += generator.search(HFBackend(generator.llm), prompts, len(chunk), kb, decode=kb.decode,
                                         stats=stats)

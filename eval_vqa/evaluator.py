@@ -17,7 +17,7 @@ from llama_index.core.evaluation.retrieval.evaluator import RetrieverEvaluator
 from llama_index.core.evaluation.retrieval.metrics_base import RetrievalMetricResult
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 from .metrics import RELEVANCE_MODES, retrieval_scores
 

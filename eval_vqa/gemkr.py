@@ -47,8 +47,7 @@ def decoding_options(options: dict) -> dict[str, Any]:
 def gemkr_generator(docs: list, o: dict):
     """The clue generator the options ask for (see the module docstring)."""
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.llamaindex import ClueGenerator
-    from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
+    from gemkr_llamaindex.generation import ClueGenerator, checkpoint_decoding_config
 
     zero_shot = str(o.get("zero_shot", "0")).strip().lower() in ("1", "true", "yes")
     checkpoint = o.get("checkpoint")

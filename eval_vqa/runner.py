@@ -307,7 +307,7 @@ class E2EScorer:
 
     @_names_query
     def __call__(self, item: dict) -> dict:
-        from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+        from gemkr_llamaindex.query import VQAQueryBundle
 
         k = self.k
         bundle = VQAQueryBundle(query_str=item["question"], image_path=item["image_path"], tags=item["tags"])

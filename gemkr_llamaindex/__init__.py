@@ -23,7 +23,7 @@ _LAZY = {
     "ImageBoundQueryEngine": "gemkr_llamaindex.llamaindex",
     "vqa_tool": "gemkr_llamaindex.llamaindex",
     "ClueGenerator": "gemkr_llamaindex.llamaindex",
-    "VQAQueryBundle": "gemkr_llamaindex.llamaindex",
+    "VQAQueryBundle": "gemkr_llamaindex.query",
     "DecodingConfig": "gemkr_llamaindex.decoding",
     "GeMKRModel": "gemkr_llamaindex.model.gemkr",
     "GeMKRConfig": "gemkr_llamaindex.model.config",

@@ -2,7 +2,7 @@
 
 LlamaIndex's ``CustomQueryEngine`` keeps only ``query_str`` and the stock multimodal synthesiser
 forwards retrieved images, not the query's; both lose what VQA needs. This engine turns each query
-into one :class:`~gemkr_llamaindex.llamaindex.query.VQAQueryBundle`: the picture is decoded once, the
+into one :class:`~gemkr_llamaindex.query.VQAQueryBundle`: the picture is decoded once, the
 engine's tagger (the ``gemkr_llamaindex.tags.hint_tagger()`` contract) runs once on that decoded
 picture, and the tags travel inside the bundle to the retriever (so a GeMKR retriever or a tag-aware
 baseline does not tag again) and into the reader's prompt. The reader gets one user message
@@ -29,7 +29,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType, PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 from .images import check_image_path
 from .postprocess import short_answer

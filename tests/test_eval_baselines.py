@@ -17,7 +17,7 @@ from eval_vqa.baselines import (
 )
 from eval_vqa.baselines.common import query_text, top_k_indices
 from gemkr_llamaindex.images import packaged_image_path
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 DOCS = [
     ("Cat", "The cat is a small domesticated carnivorous mammal; cats purr and meow."),

@@ -11,7 +11,7 @@ from llama_index.core.retrievers import QueryFusionRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from gemkr_llamaindex.llamaindex.fusion import MultimodalFusionRetriever
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 
 class Fixed(BaseRetriever):

@@ -181,14 +181,14 @@ def test_ngram_log_likelihoods_equal_teacher_forcing(tiny_generator):
     gen.search.config = gen.config.replace(evidence="clues,beams,query", evidence_whole_words=False)
     try:
         bundle = VQAQueryBundle(query_str=QUESTION, tags=TAGS)
-        questions = gen.validate([bundle])
-        prompts = gen.build_prompts([bundle], questions)
+        prepared = gen.prepare([bundle])
+        prompts = gen.build_prompts(prepared)
         (res,) = gen.search_clues(prompts, 1, kb, keep_history=True)
-        ngrams, look = gen.evidence_ngrams(prompts, 0, questions[0], TAGS, res, kb)
+        ngrams, look = gen.evidence_ngrams(prompts, 0, prepared[0].prompt.question, TAGS, res, kb)
     finally:
         gen.search.config = gen.config.replace(evidence="", evidence_whole_words=True)
     assert {n.source for n in ngrams} == {"clues", "beams", "query"}
-    prompt = gen._prompt_row(prompts, 0)
+    prompt = gen.prompt_row(prompts, 0)
     picked = ngrams[:: max(1, len(ngrams) // 25)]
     with torch.inference_mode():
         for n in picked:

@@ -339,7 +339,7 @@ def test_the_retrievers_own_tags_leave_the_callers_bundle_untouched(index, tmp_p
     import numpy as np
     from PIL import Image
 
-    from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+    from gemkr_llamaindex.query import VQAQueryBundle
 
     path = tmp_path / "q.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
@@ -396,10 +396,33 @@ def test_prior_is_the_clue_likelihood_under_the_empty_query_on_every_call(index,
     questions = ["Which city is the capital of France?", "What river flows through Paris?"]
     first = gen.generate(questions, index.kb)
     again = gen.generate(questions, index.kb)
-    empty = gen._empty_prompt()
+    empty = gen.empty_prompt()
     for res, res2 in zip(first, again):
         assert [c.prior_logprob for c in res.clues] == pytest.approx([c.prior_logprob for c in res2.clues], abs=1e-6)
         for c in res.clues:
             seq = c.token_ids + ([tok.eos_token_id] if c.ends_document else [])
             ref = float(clue_log_likelihood(llm, empty, [seq], tok.pad_token_id or 0)[0])
             assert c.prior_logprob == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 50], ids=["direct", "micro-batched"])
+def test_one_query_decodes_its_picture_once_and_tokenises_its_prompt_once(index, tmp_path, monkeypatch, window):
+    """The walk of one query: picture decoded once (the tagger, the check and the prompt share it) and the
+    prompt tokenised once, also under micro-batching, whose per-query check hands its prepared prompt on."""
+    import numpy as np
+    from PIL import Image
+
+    import gemkr_llamaindex.query as query_module
+    from gemkr_llamaindex.query import VQAQueryBundle
+
+    path = tmp_path / "q.png"
+    Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(path)
+    retriever = index.as_retriever(similarity_top_k=3, tagger=lambda image: "grey square", batch_window_ms=window)
+    decodes, chats = [], []
+    real_decode = query_module.load_image
+    monkeypatch.setattr(query_module, "load_image", lambda image: decodes.append(image) or real_decode(image))
+    tok = retriever.generator.tokenizer
+    real_chat = type(tok).apply_chat_template
+    monkeypatch.setattr(type(tok), "apply_chat_template", lambda self, *a, **k: chats.append(a) or real_chat(self, *a, **k))
+    hits = retriever.retrieve(VQAQueryBundle(query_str=QUESTIONS[0], image_path=str(path)))
+    assert hits and len(decodes) == 1 and len(chats) == 1

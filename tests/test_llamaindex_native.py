@@ -77,15 +77,14 @@ def watched(index):
     """A GeMKR retriever with a tagger, and the list of queries its generator decoded."""
     retriever = index.as_retriever(similarity_top_k=2, tagger=size_tagger)
     asked: list = []
-    generate = retriever.generator.generate
+    generate = retriever.bound.generate  # the retriever's own binding of the shared generator to its KB
 
     def record(queries, *args, **kwargs):
         asked.extend(queries)
         return generate(queries, *args, **kwargs)
 
-    retriever.generator.generate = record
-    yield retriever, asked
-    del retriever.generator.generate  # the shared generator's own method again
+    retriever.bound.generate = record
+    return retriever, asked
 
 
 @pytest.fixture(scope="module")

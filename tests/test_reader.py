@@ -25,7 +25,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
 
 from gemkr_llamaindex.images import LoadedImage
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 from reader import VQAQueryEngine, VQAReader
 from reader.prompt import HINTS_PREFIX
 
@@ -241,7 +241,7 @@ def test_reader_answer_and_metadata(reader, wiki_nodes) -> None:
 
 
 def test_one_bundle_per_query_decoded_once_and_tagged_once(retriever, reader, cat_image, monkeypatch) -> None:
-    import gemkr_llamaindex.llamaindex.query as query_module
+    import gemkr_llamaindex.query as query_module
 
     decodes, tagged = [], []
     real_decode = query_module.load_image

@@ -50,9 +50,9 @@ def decoding_config(args: argparse.Namespace, base: Any = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from gemkr_llamaindex.generation import checkpoint_decoding_config
     from gemkr_llamaindex.kb import KnowledgeBase
     from gemkr_llamaindex.llamaindex import ClueGenerator, GeMKRRetriever, VQAQueryBundle
-    from gemkr_llamaindex.llamaindex.clue_generator import checkpoint_decoding_config
 
     kb = KnowledgeBase.open(args.kb_dir)
     tags = None if args.tags in ("auto", "none") else args.tags

@@ -6,7 +6,7 @@ default) with the three changes image + question queries need:
 * **The picture reaches every retriever, for every query.** The stock class hands the caller's bundle
   on only for the original query; the queries its LLM generates (``num_queries > 1``) are rebuilt as
   ``QueryBundle(text)`` and lose ``image_path``. Here each generated query is a copy of the caller's
-  :class:`~gemkr_llamaindex.llamaindex.query.VQAQueryBundle` with only the text changed: picture (decoded
+  :class:`~gemkr_llamaindex.query.VQAQueryBundle` with only the text changed: picture (decoded
   once, shared), ``image_path`` and visual ``tags`` travel with it. The LLM that writes the queries reads
   the question only (it is a text LLM's prompt).
 * **Documents are fused by node id.** The stock class identifies a node by ``node.hash`` (text *and*
@@ -37,7 +37,7 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.retrievers import QueryFusionRetriever
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 Results = dict[tuple[str, int], list[NodeWithScore]]
 

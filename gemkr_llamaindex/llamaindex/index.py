@@ -32,8 +32,8 @@ from llama_index.core.schema import BaseNode, Document, TransformComponent
 from llama_index.core.storage.docstore.types import RefDocInfo
 from llama_index.core.storage.storage_context import StorageContext
 
+from gemkr_llamaindex.generation import ClueGenerator
 from gemkr_llamaindex.kb import KnowledgeBase
-from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
 from gemkr_llamaindex.llamaindex.persist import KB_SUBDIR, generator_spec, inside, load_generator
 from gemkr_llamaindex.llamaindex.retriever import GeMKRRetriever
 
@@ -98,7 +98,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
         if self._kb is None:
             self._kb = self._open_kb(self.index_struct, base=Path(persist_dir) if persist_dir is not None else None)
         if generator is not None:
-            generator.check_kb(self._kb)
+            generator.bind(self._kb)  # a tokenizer mismatch fails here, naming both
 
     @classmethod
     def from_documents(
@@ -197,7 +197,7 @@ class GeMKRIndex(BaseIndex[GeMKRIndexStruct]):
             )
         record = (self._persist_dir or Path(".")) / "index_store.json"
         self._generator = load_generator(spec, record)
-        self._generator.check_kb(self._kb)
+        self._generator.bind(self._kb)
         return self._generator
 
     def as_query_engine(self, llm: Any = None, **kwargs: Any):

@@ -24,7 +24,7 @@ from gemkr_llamaindex.kb import KnowledgeBase
 from gemkr_llamaindex.kb.store import checksum_file, content_hash, file_records
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
+    from gemkr_llamaindex.generation import ClueGenerator
     from gemkr_llamaindex.llamaindex.retriever import GeMKRRetriever
 
 KB_SUBDIR = "gemkr_kb"
@@ -116,7 +116,7 @@ def generator_spec(generator: ClueGenerator) -> dict[str, Any] | None:
 def load_generator(spec: Any, record: Path | str) -> ClueGenerator:
     """Rebuild the generator a spec describes, from local files; ``record`` is the file that holds the spec."""
     from gemkr_llamaindex.decoding import DecodingConfig
-    from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
+    from gemkr_llamaindex.generation import ClueGenerator
 
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
         found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__

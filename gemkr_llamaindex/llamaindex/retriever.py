@@ -14,9 +14,9 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle, TextNode
 
 from gemkr_llamaindex.decoding import QueryResult, SearchStats
+from gemkr_llamaindex.generation import ClueGenerator
 from gemkr_llamaindex.images import HintTagger, ImageInput
-from gemkr_llamaindex.llamaindex.clue_generator import ClueGenerator
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 CLUES_KEY = "clues"
 EVIDENCE_KEY = "evidence"
@@ -40,7 +40,7 @@ class GeMKRRetriever(BaseRetriever):
     """Retrieves the top-k documents of ``kb`` by clue log-likelihood.
 
     Reads the question (``query_str``), the picture (``image_path``, or a
-    :class:`~gemkr_llamaindex.llamaindex.query.VQAQueryBundle`'s ``image``) and its visual ``tags``;
+    :class:`~gemkr_llamaindex.query.VQAQueryBundle`'s ``image``) and its visual ``tags``;
     text-only queries work too. Each returned ``NodeWithScore`` carries the KB document as its node
     (``node_id`` = KB doc id; the docstore's node when one is given, else built from the KB's text) and,
     in ``node.metadata["clues"]``, the generated clues that map to it with their scores (the key is
@@ -84,7 +84,7 @@ class GeMKRRetriever(BaseRetriever):
             raise ValueError("similarity_top_k must be >= 1")
         if not isinstance(generator, ClueGenerator):
             raise TypeError(f"generator must be a ClueGenerator, got {type(generator).__name__}")
-        generator.check_kb(kb)  # TokenizerMismatchError names both tokenizers
+        self.bound = generator.bind(kb)  # TokenizerMismatchError names both tokenizers
         self.generator = generator
         self.kb = kb
         self.docstore = docstore
@@ -96,8 +96,7 @@ class GeMKRRetriever(BaseRetriever):
         if batch_window_ms is not None:
             from gemkr_llamaindex.llamaindex.batching import MicroBatcher
 
-            self._batcher = MicroBatcher(lambda bundles: self.generator.generate(bundles, self.kb),
-                                         batch_window_ms, max_batch)
+            self._batcher = MicroBatcher(self.bound.generate_prepared, batch_window_ms, max_batch)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     # ------------------------------------------------------------------ built, persisted, loaded
@@ -178,7 +177,7 @@ class GeMKRRetriever(BaseRetriever):
 
     def results(self, queries: Sequence[QueryBundle | str], stats: SearchStats | None = None) -> list[QueryResult]:
         """The raw decoding results (every clue, every document) for many queries."""
-        return self.generator.generate([self._bundle(q) for q in queries], self.kb, stats=stats)
+        return self.bound.generate([self._bundle(q) for q in queries], stats=stats)
 
     def retrieve_batch(self, queries: Sequence[QueryBundle | str]) -> list[list[NodeWithScore]]:
         """Retrieve for many queries with batched decoding (evaluation throughput)."""
@@ -208,8 +207,8 @@ class GeMKRRetriever(BaseRetriever):
         if self._batcher is None:
             return self.retrieve_batch([query_bundle])[0]
         bundle = self._bundle(query_bundle)
-        self.generator.validate([bundle])  # a bad query fails its own call, never its batch-mates'
-        return self._hits(self._batcher(bundle))
+        (prepared,) = self.bound.prepare([bundle])  # a bad query fails its own call, never its batch-mates'
+        return self._hits(self._batcher(prepared))
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # decoding is CPU/GPU-bound: run it in a worker thread so the event loop stays free; every call

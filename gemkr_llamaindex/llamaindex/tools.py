@@ -12,7 +12,7 @@ is None, although the user's message carried an ``ImageBlock``. Two ways keep th
   without one (a ``QueryEngineTool``'s string) gets the bound picture. Set ``engine.image`` when the
   conversation's picture changes; one bound engine per conversation.
 
-Both hand the engine a :class:`~gemkr_llamaindex.llamaindex.query.VQAQueryBundle`; a
+Both hand the engine a :class:`~gemkr_llamaindex.query.VQAQueryBundle`; a
 ``VQAQueryEngine`` (package ``reader``), a ``RetrieverQueryEngine`` over a ``GeMKRRetriever`` and the
 retriever itself all read its picture.
 """
@@ -34,7 +34,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.tools import FunctionTool
 from llama_index.core.workflow import Context
 
-from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+from gemkr_llamaindex.query import VQAQueryBundle
 
 IMAGE_ID_PREFIX = "image_"
 

@@ -162,18 +162,24 @@ class GeMKRModel(nn.Module):
         without one, pictures are not read (give none).
         """
         tags = list(tags) if tags is not None else [None] * len(questions)
+        return self.embed_pieces(self.prompts.pieces(questions, tags), images=images, visual=visual)
+
+    def embed_pieces(self, pieces: Sequence[tuple[Sequence[int], Sequence[int]]], images: Sequence[Any] | None = None,
+                     visual: VisualBatch | None = None) -> PromptEmbeds:
+        """:meth:`prompt_embeds` from already tokenised template pieces (``self.prompts.piece``), so a caller
+        that measured a prompt's length builds it without tokenising it again."""
         vis_tokens = vis_mask = None
         if self.has_vision:
             if images is not None and visual is not None:
                 raise ValueError("give `images` or a prepared `visual` batch, not both")
             if visual is None:
-                visual = self.visual_inputs(images if images is not None else [None] * len(questions))
-            if len(visual) != len(questions):
-                raise ValueError(f"{len(questions)} questions but {len(visual)} images")
+                visual = self.visual_inputs(images if images is not None else [None] * len(pieces))
+            if len(visual) != len(pieces):
+                raise ValueError(f"{len(pieces)} questions but {len(visual)} images")
             vis_tokens, vis_mask = self.encode_visual(visual)
         elif visual is not None:
             raise ValueError("this GeMKR model has no vision tower (clip_model=None): it reads visual tags, not pixels")
-        return self.prompts.assemble(self.llm.get_input_embeddings(), questions, tags, vis_tokens, vis_mask)
+        return self.prompts.assemble(self.llm.get_input_embeddings(), pieces, vis_tokens, vis_mask)
 
     # ---- loss and scoring --------------------------------------------------------------------------------
     @property

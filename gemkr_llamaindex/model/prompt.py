@@ -29,6 +29,19 @@ class PromptEmbeds:
         return self.inputs_embeds.shape[0]
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one left-padded (B, L) id tensor and its 0/1 mask (the prompt side of a batch: every
+    row's next token then sits in the same column)."""
+    length = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, length - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, length - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def right_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Token rows as one right-padded (B, L) id tensor and its 0/1 mask (the clue side of a batch)."""
     if any(len(r) == 0 for r in rows):
@@ -48,36 +61,33 @@ class PromptBuilder:
     def __init__(self, template: InstructionTemplate, tokenizer, image_slot: bool) -> None:
         self.template, self.tokenizer, self.image_slot = template, tokenizer, image_slot
 
+    def piece(self, question: str, tags: str | None) -> tuple[list[int], list[int]]:
+        """The token ids before and after the visual slot (BOS included before) of one query."""
+        before, after = self.template.split(question, tags, self.image_slot)
+        return self.tokenizer(before).input_ids, self.tokenizer(after, add_special_tokens=False).input_ids
+
     def pieces(self, questions: Sequence[str], tags: Sequence[str | None]) -> list[tuple[list[int], list[int]]]:
         """Per query, the token ids before and after the visual slot (BOS included before)."""
-        out = []
-        for q, t in zip(questions, tags):
-            before, after = self.template.split(q, t, self.image_slot)
-            out.append((self.tokenizer(before).input_ids, self.tokenizer(after, add_special_tokens=False).input_ids))
-        return out
+        return [self.piece(q, t) for q, t in zip(questions, tags)]
 
     def lengths(self, questions: Sequence[str], tags: Sequence[str | None], n_visual: int) -> list[int]:
         """Prompt length in positions per query (visual slots included), without building any tensor."""
         return [len(b) + n_visual + len(a) for b, a in self.pieces(questions, tags)]
 
-    def assemble(self, embed: torch.nn.Module, questions: Sequence[str], tags: Sequence[str | None],
+    def assemble(self, embed: torch.nn.Module, pieces: Sequence[tuple[Sequence[int], Sequence[int]]],
                  vis_tokens: torch.Tensor | None, vis_mask: torch.Tensor | None) -> PromptEmbeds:
-        """``before`` + visual tokens (B, V, H; hidden where ``vis_mask`` is False) + ``after``, left-padded."""
-        pieces = self.pieces(questions, tags)
+        """``before`` + visual tokens (B, V, H; hidden where ``vis_mask`` is False) + ``after``, left-padded;
+        ``pieces`` are each query's ``(before, after)`` ids (:meth:`piece`)."""
         n_vis = 0 if vis_tokens is None else vis_tokens.shape[1]
-        length = max(len(b) + n_vis + len(a) for b, a in pieces)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(pieces), length), pad, dtype=torch.long)
-        mask = torch.zeros(len(pieces), length, dtype=torch.bool)
+        ids, mask = left_pad([[*b, *([pad] * n_vis), *a] for b, a in pieces], pad)
+        length = ids.shape[1]
         is_vis = torch.zeros(len(pieces), length, dtype=torch.bool)
-        for i, (b, a) in enumerate(pieces):
-            start = length - (len(b) + n_vis + len(a))
-            ids[i, start : start + len(b)] = torch.tensor(b, dtype=torch.long)
-            ids[i, start + len(b) + n_vis :] = torch.tensor(a, dtype=torch.long)
-            mask[i, start:] = True
-            is_vis[i, start + len(b) : start + len(b) + n_vis] = True
+        for i, (_, a) in enumerate(pieces):
+            end = length - len(a)  # the slot sits just before ``after``
+            is_vis[i, end - n_vis : end] = True
         device = embed.weight.device
-        ids, mask, is_vis = ids.to(device), mask.to(device), is_vis.to(device)
+        ids, mask, is_vis = ids.to(device), mask.bool().to(device), is_vis.to(device)
         embeds = embed(ids)
         if n_vis:
             mask[is_vis] = vis_mask.reshape(-1)  # hide empty object slots
