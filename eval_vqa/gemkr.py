@@ -11,7 +11,6 @@ which the registry's ``gemkr-paper``, ``gemkr-seal`` and ``gemkr-fast`` set.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
@@ -33,19 +32,20 @@ def option_names() -> set[str]:
     ``groups`` too), read when called, so a new decoding setting is an option as soon as it exists."""
     from gemkr_llamaindex.decoding import DecodingConfig
 
-    return OWN_OPTIONS | {f.name for f in dataclasses.fields(DecodingConfig)} | {"beams", "groups"}
+    return OWN_OPTIONS | DecodingConfig.option_names()
 
 
 def decoding_options(options: dict) -> dict[str, Any]:
     """The options that are DecodingConfig fields (``beams``/``groups`` accepted)."""
     from gemkr_llamaindex.decoding import DecodingConfig
 
-    fields = {f.name for f in dataclasses.fields(DecodingConfig)} | {"beams", "groups"}
-    return {k: v for k, v in options.items() if k in fields}
+    names = DecodingConfig.option_names()
+    return {k: v for k, v in options.items() if k in names}
 
 
 def gemkr_generator(docs: list, o: dict):
     """The clue generator the options ask for (see the module docstring)."""
+    from gemkr_llamaindex.assets import DEFAULT_LLM
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.generation import ClueGenerator, checkpoint_decoding_config
 
@@ -66,8 +66,8 @@ def gemkr_generator(docs: list, o: dict):
         return ClueGenerator.from_checkpoint(checkpoint, device=o.get("device", "cpu"), batch_size=batch,
                                              config=config(checkpoint_decoding_config(checkpoint)))
     why = "zero_shot=1" if zero_shot else "no trained checkpoint for this corpus"
-    print(f"gemkr: zero-shot {o.get('llm', 'smollm2')} ({why})", file=sys.stderr)
-    return ClueGenerator.zero_shot_llm(o.get("llm", "smollm2"), batch_size=batch, config=config(None))
+    print(f"gemkr: zero-shot {o.get('llm', DEFAULT_LLM)} ({why})", file=sys.stderr)
+    return ClueGenerator.zero_shot_llm(o.get("llm", DEFAULT_LLM), batch_size=batch, config=config(None))
 
 
 def gemkr_retriever(docs: list, o: dict):

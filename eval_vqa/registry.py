@@ -249,9 +249,10 @@ def _reader(options: dict) -> Answerer:
     packaged 135M reader, hints lower exact match on gold passages: measure both). ``--option
     reader_spans=1`` decodes the answer as a span of the passages read (:mod:`reader.spans`).
     """
+    from gemkr_llamaindex.assets import DEFAULT_LLM
     from reader import VQAReader
 
-    vqa = VQAReader(model=options.get("reader_model", "smollm2"),
+    vqa = VQAReader(model=options.get("reader_model", DEFAULT_LLM),
                     max_new_tokens=int(options.get("reader_max_new_tokens", 20)))
     context = options.get("reader_context", "passage")
     window = int(options.get("reader_window", 1))

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("GeMKR retriever: ZERO-SHOT SmolLM2-135M-Instruct (no trained checkpoint).")
         print("  The photo reaches the LLM only through its visual tags; constrained decoding keeps every clue in the KB.")
-        gen = ClueGenerator.zero_shot_llm("smollm2", config=DecodingConfig())
+        gen = ClueGenerator.zero_shot_llm(config=DecodingConfig())
     tagger = hint_tagger()
     retriever = GeMKRRetriever(gen, kb, similarity_top_k=5, tagger=tagger)
     # The reader gets no tag hints: with gold passages they halved SmolLM2-135M's exact match on the mini
@@ -107,11 +107,12 @@ def run_key(dataset, checkpoint: str | Path | None) -> str:
     import hashlib
 
     from gemkr_llamaindex.checkpoints import corpus_fingerprint
+    from gemkr_llamaindex.model.checkpoint import DECODING_FILE
 
     h = hashlib.sha256(corpus_fingerprint(dataset.corpus())["sha256"].encode())
     if checkpoint:
         h.update((Path(checkpoint) / "trainable.safetensors").read_bytes())
-        decoding = Path(checkpoint) / "decoding.json"
+        decoding = Path(checkpoint) / DECODING_FILE
         if decoding.is_file():
             h.update(decoding.read_bytes())
     return f"{'trained' if checkpoint else 'zero_shot'}-{h.hexdigest()[:12]}"

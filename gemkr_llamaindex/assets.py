@@ -111,6 +111,8 @@ def converted_gguf(gguf: str | Path, name: str | None = None) -> Path:
 
 #: Names that mean the packaged SmolLM2-135M-Instruct, everywhere a model name is accepted.
 SMOLLM2_ALIASES = frozenset({"smollm2", SMOLLM2_NAME, "smollm2-135m"})
+#: The LLM everything defaults to (zero-shot generator, GeMKR config, reader, packaged KB): packaged SmolLM2.
+DEFAULT_LLM = "smollm2"
 
 
 def resolve_model(name_or_path: str | Path) -> str:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from gemkr_llamaindex.assets import cache_dir, load_tokenizer, wiki_summaries
+from gemkr_llamaindex.assets import DEFAULT_LLM, cache_dir, load_tokenizer, wiki_summaries
 from gemkr_llamaindex.kb import IndexFormatError, KnowledgeBase, corpus_fingerprint, hash_fields
 from gemkr_llamaindex.kb.corpus import iter_documents
 from gemkr_llamaindex.kb.tokenization import fingerprint
@@ -42,4 +42,4 @@ def cached_kb(docs: Iterable[Any], tokenizer: Any, *, show_progress: bool = True
 
 def wiki_summaries_kb() -> KnowledgeBase:
     """The KB of the 10,033 packaged Wikipedia summaries ("Title. extract" passages) with SmolLM2's tokenizer."""
-    return cached_kb(wiki_summaries(), "smollm2")
+    return cached_kb(wiki_summaries(), DEFAULT_LLM)

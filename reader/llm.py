@@ -29,6 +29,8 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from gemkr_llamaindex.assets import DEFAULT_LLM
+
 from .backends import Generation, _Backend, load_backend, resolve_model
 from .images import image_from_block
 from .postprocess import short_answer
@@ -51,7 +53,7 @@ class VQAReader(CustomLLM):
     use (or :meth:`load`); a model path that does not exist fails at construction.
     """
 
-    model: str = Field(default="smollm2", description="HF model folder, hub id, or 'smollm2' (packaged).")
+    model: str = Field(default=DEFAULT_LLM, description="HF model folder, hub id, or 'smollm2' (packaged).")
     backend: Literal["auto", "text", "vlm"] = Field(
         default="auto",
         description="'text' (causal LM), 'vlm' (image-text-to-text), or 'auto' from the config.",
@@ -72,7 +74,7 @@ class VQAReader(CustomLLM):
     _backend: _Backend | None = PrivateAttr(default=None)
     _warned_blind: bool = PrivateAttr(default=False)
 
-    def __init__(self, model: str = "smollm2", **kwargs: Any) -> None:
+    def __init__(self, model: str = DEFAULT_LLM, **kwargs: Any) -> None:
         super().__init__(model=model, **kwargs)
         self._model_path = resolve_model(self.model)
 

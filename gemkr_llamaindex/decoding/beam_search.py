@@ -175,7 +175,7 @@ class ConstrainedBeamSearch:
                             if rank < cfg.group_size and c.unique >= 0:
                                 toks = [*c.beam.tokens] + ([] if c.token == END else [c.token])
                                 finished[q].append(Clue(
-                                    toks, c.logprob, c.logprob / (len(toks) ** cfg.length_penalty), c.unique,
+                                    toks, c.logprob, cfg.length_normalised(c.logprob, len(toks)), c.unique,
                                     kb.doc_id(c.unique), decode(toks) if decode else "", ends_document=c.token == END,
                                     prefix_logprobs=[*c.beam.cum] + ([] if c.token == END else [c.logprob]),
                                 ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from gemkr_llamaindex.config_fields import check_fields, parse_text
 
@@ -67,6 +67,9 @@ class DecodingConfig:
       counts only the occurrences that end a word in the KB (so "Cat" is not found in "Catfish").
       Without ``clues``/``beams`` no beam search runs.
     """
+
+    #: Short names ``from_options`` accepts for two fields (``beams=20 groups=4``).
+    ALIASES: ClassVar[dict[str, str]] = {"beams": "num_beams", "groups": "num_groups"}
 
     num_beams: int = 20
     num_groups: int = 4
@@ -143,6 +146,10 @@ class DecodingConfig:
             if prior_logprob is None:
                 raise ValueError("prior_weight > 0 needs the clue's prior log-likelihood")
             logprob = logprob - self.prior_weight * prior_logprob
+        return self.length_normalised(logprob, length)
+
+    def length_normalised(self, logprob: float, length: int) -> float:
+        """``log p / len ** length_penalty``: a clue's score before any prior calibration."""
         return logprob / (length**self.length_penalty)
 
     def with_scoring(self, name: str) -> DecodingConfig:
@@ -158,6 +165,11 @@ class DecodingConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def option_names(cls) -> set[str]:
+        """Every key :meth:`from_options` accepts: the fields and their :data:`ALIASES`."""
+        return {f.name for f in dataclasses.fields(cls)} | set(cls.ALIASES)
+
+    @classmethod
     def from_options(cls, options: dict[str, Any], base: DecodingConfig | None = None) -> DecodingConfig:
         """``base`` (default: the defaults) with ``key=value`` overrides, values given as text or typed.
 
@@ -165,7 +177,7 @@ class DecodingConfig:
         ``num_beams``/``num_groups``.
         """
         base = base or cls()
-        aliases = {"beams": "num_beams", "groups": "num_groups"}
+        aliases = cls.ALIASES
         hints = get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         changes: dict[str, Any] = {}

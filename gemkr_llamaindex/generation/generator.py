@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from llama_index.core.schema import QueryBundle
 
+from gemkr_llamaindex.assets import DEFAULT_LLM
 from gemkr_llamaindex.decoding import ConstrainedBeamSearch, DecodingConfig, HFBackend, Prompts, QueryResult, SearchStats
 from gemkr_llamaindex.decoding.evidence import Ngram
 from gemkr_llamaindex.generation.prompts import ZERO_SHOT_SYSTEM, ChatPrompts, PreparedPrompt, TemplatePrompts, prompt_embeds
@@ -123,7 +124,7 @@ class ClueGenerator:
         return int(getattr(self.llm.config, "max_position_embeddings", 0) or 0)
 
     @classmethod
-    def zero_shot_llm(cls, llm: str = "smollm2", **kwargs: Any) -> ClueGenerator:
+    def zero_shot_llm(cls, llm: str = DEFAULT_LLM, **kwargs: Any) -> ClueGenerator:
         """A zero-shot generator over a causal LM by name, folder or ``.gguf`` file (``"smollm2"`` = packaged)."""
         from gemkr_llamaindex.model.llm import load_llm
 

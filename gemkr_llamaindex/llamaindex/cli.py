@@ -10,8 +10,9 @@ import argparse
 import json
 from typing import Any
 
-FLAG_FIELDS = {"beams": "num_beams", "groups": "num_groups", "min_length": "min_length", "max_length": "max_length",
-               "constraint": "constraint", "anchor": "anchor"}
+from gemkr_llamaindex.assets import DEFAULT_LLM
+
+FLAGS = ("beams", "groups", "min_length", "max_length", "constraint", "anchor")  # DecodingConfig options as flags
 
 
 def register(subparsers: Any) -> None:
@@ -20,7 +21,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--question", "-q", default="", help="the question")
     r.add_argument("--image", "-i", default=None, help="query image path")
     r.add_argument("--checkpoint", default=None, help="trained GeMKR checkpoint; default: zero-shot --llm")
-    r.add_argument("--llm", default="smollm2", help="zero-shot causal LM (folder, .gguf file, or 'smollm2' = packaged)")
+    r.add_argument("--llm", default=DEFAULT_LLM, help="zero-shot causal LM (folder, .gguf file, or 'smollm2' = packaged)")
     r.add_argument("--tags", default="auto",
                    help="visual tags: 'auto' (classifier + OCR, needs the [tags] extra), 'none', or literal text")
     r.add_argument("--top-k", type=int, default=5)
@@ -39,8 +40,7 @@ def decoding_config(args: argparse.Namespace, base: Any = None):
     """``base`` (or the defaults) with the flags and ``--option`` pairs that were given."""
     from gemkr_llamaindex.decoding import DecodingConfig
 
-    options: dict[str, Any] = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
-                               if getattr(args, flag) is not None}
+    options: dict[str, Any] = {flag: getattr(args, flag) for flag in FLAGS if getattr(args, flag) is not None}
     for pair in args.option:
         if "=" not in pair:
             raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")

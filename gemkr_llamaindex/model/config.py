@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemkr_llamaindex.assets import DEFAULT_LLM
 from gemkr_llamaindex.config_fields import check_fields
 from gemkr_llamaindex.model.template import DEFAULT_TASK
 
@@ -28,7 +29,7 @@ class GeMKRConfig:
     when the model is built unless it is built with ``allow_download=True``.
     """
 
-    llm: str = "smollm2"
+    llm: str = DEFAULT_LLM
     clip_model: str | None = None
     clip_pretrained: str | None = None
     clip_model_cfg: dict[str, Any] | None = None
