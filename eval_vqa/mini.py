@@ -11,7 +11,6 @@ at least one gold summary, so pseudo-relevance and gold-id metrics agree on what
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 MINI_PATH: Path = Path(__file__).parent / "data" / "mini_vqa.jsonl"
@@ -29,22 +28,17 @@ def load_mini_benchmark(path: str | Path | None = None) -> list[dict]:
     path = Path(path) if path is not None else MINI_PATH
     if not path.is_file():
         raise FileNotFoundError(f"mini benchmark file not found: {path}")
+    from gemkr_llamaindex.kb.corpus import iter_jsonl
+
     items: list[dict] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            missing = [k for k in _REQUIRED if k not in item]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; expected {list(_REQUIRED)}")
-            image = item["image"]
-            if image is not None and not (isinstance(image, dict) and {"package", "name"} <= set(image)):
-                raise ValueError(f"{path}:{lineno}: 'image' must be {{'package': ..., 'name': ...}} or null, got {image!r}")
-            if not item["answers"] or not all(isinstance(a, str) for a in item["answers"]):
-                raise ValueError(f"{path}:{lineno}: 'answers' must be a non-empty list of strings")
-            items.append(item)
+    for lineno, item in iter_jsonl(path, ValueError):
+        missing = [k for k in _REQUIRED if k not in item] if isinstance(item, dict) else list(_REQUIRED)
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; expected {list(_REQUIRED)}")
+        image = item["image"]
+        if image is not None and not (isinstance(image, dict) and {"package", "name"} <= set(image)):
+            raise ValueError(f"{path}:{lineno}: 'image' must be {{'package': ..., 'name': ...}} or null, got {image!r}")
+        if not item["answers"] or not all(isinstance(a, str) for a in item["answers"]):
+            raise ValueError(f"{path}:{lineno}: 'answers' must be a non-empty list of strings")
+        items.append(item)
     return items

@@ -148,7 +148,7 @@ def test_query_ids_outside_the_vocabulary(kb_dir):
 def test_non_utf8_row_is_named(tmp_path):
     path = tmp_path / "corpus.csv"
     path.write_bytes(b"kid,text\n1,fine row\n2,bad \xff row\n")
-    with pytest.raises(CorpusError, match=r"corpus.csv:3: row is not valid UTF-8"):
+    with pytest.raises(CorpusError, match=r"corpus.csv:3: not UTF-8 text"):
         list(read_corpus_file(path))
 
 

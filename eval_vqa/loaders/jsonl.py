@@ -11,9 +11,10 @@ by hand to name the pictured entity: ``image`` null, ids suffixed ``-text``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from gemkr_llamaindex.kb.corpus import iter_jsonl
 
 from .base import DatasetFormatError, VQADataset, VQAQuery, as_answer_list, require_file
 
@@ -37,32 +38,23 @@ def load_jsonl_queries(path: str | Path) -> list[VQAQuery]:
     path = require_file(path, "query JSONL")
     base = path.parent
     out = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DatasetFormatError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetFormatError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            missing = [k for k in ("id", "question", "answers") if k not in rec]
-            if missing:
-                raise DatasetFormatError(f"{path}:{lineno}: missing field(s) {missing}; found {sorted(rec)}")
-            out.append(
-                VQAQuery(
-                    qid=str(rec["id"]),
-                    question=rec["question"],
-                    image=_image_source(rec.get("image"), base, path, lineno),
-                    answers=as_answer_list(rec["answers"], path, f"line {lineno}"),
-                    gold_doc_ids=[str(g) for g in rec.get("gold_doc_ids", [])],
-                    meta={"image_ref": rec.get("image")},
-                    source=f"{path}:{lineno}",
-                )
+    for lineno, rec in iter_jsonl(path, DatasetFormatError):
+        if not isinstance(rec, dict):
+            raise DatasetFormatError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in ("id", "question", "answers") if k not in rec]
+        if missing:
+            raise DatasetFormatError(f"{path}:{lineno}: missing field(s) {missing}; found {sorted(rec)}")
+        out.append(
+            VQAQuery(
+                qid=str(rec["id"]),
+                question=rec["question"],
+                image=_image_source(rec.get("image"), base, path, lineno),
+                answers=as_answer_list(rec["answers"], path, f"line {lineno}"),
+                gold_doc_ids=[str(g) for g in rec.get("gold_doc_ids", [])],
+                meta={"image_ref": rec.get("image")},
+                source=f"{path}:{lineno}",
             )
+        )
     return out
 
 

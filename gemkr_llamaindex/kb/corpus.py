@@ -59,16 +59,29 @@ def titled(title: str, text: str) -> str:
     return f"{title} {text}" if title.endswith(".") else f"{title}. {text}"
 
 
-def _decoded_lines(path: Path) -> Iterator[str]:
+def _decoded_lines(path: Path, error: type[Exception] = CorpusError) -> Iterator[str]:
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise CorpusError(
-                    f"{path}:{line_no}: row is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                    "re-encode the file as UTF-8"
+                raise error(
+                    f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8"
                 ) from None
+
+
+def iter_jsonl(path: str | Path, error: type[Exception] = CorpusError) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSON Lines file: the project's one JSONL reader
+    (corpora, training data, query files). A line that is not UTF-8 or not JSON raises ``error`` naming the
+    file and line; what a value must hold is the caller's to check (naming the same ``path:line``)."""
+    path = Path(path)
+    for line_no, line in enumerate(_decoded_lines(path, error), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{line_no}: not valid JSON ({exc.msg}); one object per line") from None
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
@@ -89,13 +102,7 @@ def _read_jsonl(path: Path, id_field: str | None, text_field: str | None, title_
                 include_title: bool) -> Iterator[tuple[str, str]]:
     id_key = id_field or "id"
     text_key = text_field or "text"
-    for line_no, line in enumerate(_decoded_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from None
+    for line_no, row in iter_jsonl(path):
         if not isinstance(row, dict) or id_key not in row or text_key not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise CorpusError(

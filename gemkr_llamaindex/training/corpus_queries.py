@@ -512,20 +512,18 @@ def load_metadata(source: str | None) -> dict[str, dict[str, str]]:
         from gemkr_llamaindex.assets import wiki_summary_metadata
 
         return wiki_summary_metadata()
-    import json
     from pathlib import Path
+
+    from gemkr_llamaindex.kb.corpus import iter_jsonl
 
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} does not exist (JSONL rows with id, title, description, topic)")
     out = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict) or "id" not in row:
-                    raise ValueError(f"{path}:{n}: expected an object with an 'id'")
-                out[str(row["id"])] = {k: str(v) for k, v in row.items() if k != "id" and v is not None}
+    for n, row in iter_jsonl(path, ValueError):
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}:{n}: expected an object with an 'id'")
+        out[str(row["id"])] = {k: str(v) for k, v in row.items() if k != "id" and v is not None}
     return out
 
 

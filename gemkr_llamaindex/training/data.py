@@ -86,16 +86,9 @@ def read_training_jsonl(path: str | Path) -> list[QueryRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training file {path} does not exist")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainingDataError(f"{path}:{line_no}: invalid JSON ({exc.msg}); one object per line") from None
-            records.append(_check_row(obj, f"{path}:{line_no}", path.parent))
+    from gemkr_llamaindex.kb.corpus import iter_jsonl
+
+    records = [_check_row(obj, f"{path}:{line_no}", path.parent) for line_no, obj in iter_jsonl(path, TrainingDataError)]
     if not records:
         raise TrainingDataError(f"{path}: no training rows")
     return records
