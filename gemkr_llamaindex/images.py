@@ -2,9 +2,9 @@
 
 Model, training, tags, reader and evaluation all call :func:`load_image`; a :class:`LoadedImage`
 passes through unchanged, so a query image decoded once (EXIF rotation applied, fully read) is handed
-on instead of being decoded again. The digest is taken over what identifies the content most cheaply:
-the encoded bytes for a file or a bytes object (a cache hit then costs one read, no decode), the
-decoded pixels for an in-memory image.
+on instead of being decoded again. The digest is one rule for every input: the decoded RGB pixels (the
+picture the models see, EXIF rotation applied), so a photo read from a file, from bytes, as a PIL image
+or as an array keys every cache (tags, object features) the same way.
 
 Besides paths, bytes, PIL images and arrays, an input may name an image that ships inside an installed
 package, ``{"package": "skimage", "name": "chelsea"}`` (scikit-image's ``skimage.data`` functions,
@@ -147,12 +147,12 @@ def load_image(src: ImageInput) -> LoadedImage:
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
             raise ImageNotFoundError(str(path), f"the path {what}; give the path of an image file")
-        data = path.read_bytes()
-        return LoadedImage(_decode(data, str(path)), hashlib.sha256(data).hexdigest(), str(path))
+        img = _decode(path.read_bytes(), str(path))
+        return LoadedImage(img, _pixels_digest(img), str(path))
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-        source = f"<{len(data)} bytes>"
-        return LoadedImage(_decode(data, source), hashlib.sha256(data).hexdigest(), source)
+        source = f"<{len(src)} bytes>"
+        img = _decode(bytes(src), source)
+        return LoadedImage(img, _pixels_digest(img), source)
     if isinstance(src, Image.Image):
         source = f"<PIL image {src.width}x{src.height}>"
         _check_shape(src.width, src.height, source)
