@@ -60,9 +60,10 @@ class VQAQueryEngine(BaseQueryEngine):
             finds nothing, ``bundle.tags`` becomes "" (tagged, nothing found) so nobody tags again.
         template: prompt text with ``{passages}``, ``{hints}`` and ``{question}``.
         max_passage_chars: each passage is clipped to this many characters in the prompt.
-        context: ``"passage"`` (read each passage from its start) or ``"clue_window"`` (read the
-            sentences around its GeMKR clues, ``node.metadata["clues"]``; nodes without clues fall back to
-            the passage head); see :mod:`reader.prompt`.
+        context: ``"passage"`` (read each passage from its start), ``"clue_window"`` (read the
+            sentences around its GeMKR clues, ``node.metadata["clues"]``) or ``"evidence_window"``
+            (around its clues and strongest evidence n-grams); nodes without any fall back to the passage
+            head; see :mod:`reader.prompt`.
         clue_window: sentences kept on each side of a clue's sentence (default 1).
         max_words / lowercase: short-answer post-processing (see :func:`reader.postprocess.short_answer`).
         retrieve_with_hints: append the hints to the retriever's query text too (helps text retrievers
