@@ -226,3 +226,17 @@ def test_eval_registry_ranks_one_model_each_way(tiny_generator, wiki_docs, tmp_p
     assert seen["gemkr-fast"].num_beams == 4  # the run's other options still apply
     with pytest.raises(ValueError, match="unknown scoring"):
         DecodingConfig().with_scoring("bm25")
+
+
+@pytest.mark.parametrize("scoring", ["evidence=query", "evidence="], ids=["evidence", "paper"])
+def test_gemkr_retrieve_prints_what_ranked_each_document(tiny_generator, capsys, scoring):
+    """``gemkr retrieve`` shows a document's strongest evidence, or its best clue under the paper's scoring
+    (a document ranked by evidence may have no clue: the listing must not need one)."""
+    from gemkr_llamaindex.cli import main
+
+    gen, kb = tiny_generator
+    args = ["retrieve", str(kb.path), "--question", QUESTION, "--llm", gen.llm.name_or_path, "--tags", "none",
+            "--beams", "4", "--groups", "2", "--option", scoring]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
+    assert lines and all(("evidence '" if scoring == "evidence=query" else "clue '") in line for line in lines)

@@ -71,11 +71,20 @@ def run(args: argparse.Namespace) -> int:
     res = retriever.results([bundle])[0]
     if args.json:
         print(json.dumps({"tags": bundle.tags, "docs": [
-            {"doc_id": d.doc_id, "score": d.score, "clues": [c.to_dict() for c in d.clues]} for d in res.docs[: args.top_k]
+            {"doc_id": d.doc_id, "score": d.score, "clues": [c.to_dict() for c in d.clues],
+             "evidence": [e.to_dict() for e in d.evidence]} for d in res.docs[: args.top_k]
         ]}, indent=2, ensure_ascii=False))
         return 0
     mode = f"checkpoint {args.checkpoint}" if args.checkpoint else f"zero-shot {args.llm}"
     print(f"{mode}; visual tags: {bundle.tags or '-'}")
     for rank, d in enumerate(res.docs[: args.top_k], start=1):
-        print(f"{rank}. {d.doc_id}  score {d.score:.3f}  clue {d.clues[0].text!r}")
+        print(f"{rank}. {d.doc_id}  score {d.score:.3f}  {why(d)}")
     return 0
+
+
+def why(hit: Any) -> str:
+    """What ranked a document: its strongest evidence n-grams (evidence scoring), else its best clue."""
+    if hit.evidence:
+        top = sorted(hit.evidence, key=lambda e: -e.contribution)[:3]
+        return "evidence " + ", ".join(f"{e.text!r} ({e.source})" for e in top)
+    return f"clue {hit.clues[0].text!r}" if hit.clues else ""
