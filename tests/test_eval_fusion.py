@@ -139,13 +139,13 @@ def test_gemkr_bm25_registry_entry_sends_image_and_tags_to_gemkr(tmp_path):
                                                  "min_length": 2, "max_length": 4})
     gemkr, bm25 = fused.retrievers
     asked = []
-    generate = gemkr.generator.generate
+    prepare = gemkr.generator.prepare  # every query the decoder sees is prepared first
 
     def spy(queries, *args, **kwargs):
         asked.extend(queries)
-        return generate(queries, *args, **kwargs)
+        return prepare(queries, *args, **kwargs)
 
-    gemkr.generator.generate = spy
+    gemkr.generator.prepare = spy
     image = tmp_path / "chelsea.png"
     Image.fromarray(data.chelsea()).save(image)
     bundle = VQAQueryBundle(query_str="Which family does this animal belong to?", image_path=str(image),
