@@ -4,7 +4,7 @@ Each row runs the ``gemkr`` retriever of ``eval-vqa`` over the full 10,033-summa
 for photo questions) with one setting changed, so the figures say which defaults to pick per model.
 Defaults are picked on the development questions (``--queries benchmarks/data/dev_text.jsonl`` and
 ``dev_photo.jsonl``, see ``benchmarks/data/README.md``), never on the mini benchmark, which stays an
-evaluation set. The rows and the defaults they led to are in the README ("Retrieval quality").
+evaluation set. The shipped settings and the sweep that chose them: docs/scoring.md and docs/results.md.
 
 Usage: python -m benchmarks.decoding_sweep [--queries FILE | --dataset mini] [--checkpoint DIR]
        [--zero-shot] [--rows NAME ...] [--limit N]

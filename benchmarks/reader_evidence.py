@@ -10,7 +10,7 @@ match per file and retriever:
 * ``k``: how many of the retrieved passages are read (all, or the top one alone);
 * ``spans``: free generation, or an answer constrained to spans of the passages read (:mod:`reader.spans`).
 
-The reader gets no visual hints (with the 135M reader they cost exact match; see the README). Modes are
+The reader gets no visual hints (with the 135M reader they cost exact match; docs/evaluation.md). Modes are
 chosen on the development files (``benchmarks/data``) only.
 
 Usage::
