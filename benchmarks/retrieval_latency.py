@@ -59,6 +59,7 @@ def host_search():
     tests' other references (``tests/host_search.py``), loaded from its file (``tests`` is no package)."""
     spec = importlib.util.spec_from_file_location("host_search", ROOT / "tests" / "host_search.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are defined
     spec.loader.exec_module(module)
     return module.HostSideBeamSearch
 
