@@ -41,11 +41,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# The KB engine benchmark; every other benchmark runs as `$(PY) -m benchmarks.NAME` (benchmarks/README.md).
 bench: $(STAMP)
-	$(PY) benchmarks/kb_bench.py
+	$(PY) -m benchmarks.kb_bench
 
 lint: $(STAMP)
-	$(PY) -m ruff check gemkr_llamaindex reader eval_vqa tests benchmarks examples
+	$(PY) -m ruff check gemkr_llamaindex reader eval_vqa tests benchmarks scripts examples
 
 clean:
 	rm -rf build $(VENV)

@@ -10,7 +10,7 @@ search itself does not depend on them.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/clue_report.py benchmarks/data/dev_photo.jsonl [--checkpoint DIR]
+    python -m benchmarks.clue_report benchmarks/data/dev_photo.jsonl [--checkpoint DIR]
         [--option prior_weight=0 ...] [--limit N] [--quiet] [--dump clues.json]
 
 Photo questions are tagged with the library's tagger (ImageNet labels + OCR, cached by image content).
@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.env import print_environment
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,6 +41,7 @@ def main() -> int:
     p.add_argument("--quiet", action="store_true", help="the summary line only")
     p.add_argument("--dump", type=Path, default=None, help="write every clue of every query as JSON")
     args = p.parse_args()
+    print_environment()
 
     from eval_vqa.mini import load_mini_benchmark
     from gemkr_llamaindex.checkpoints import packaged_checkpoint

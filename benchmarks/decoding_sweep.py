@@ -4,9 +4,9 @@ Each row runs the ``gemkr`` retriever of ``eval-vqa`` over the full 10,033-summa
 for photo questions) with one setting changed, so the figures say which defaults to pick per model.
 Defaults are picked on the development questions (``--queries benchmarks/data/dev_text.jsonl`` and
 ``dev_photo.jsonl``, see ``benchmarks/data/README.md``), never on the mini benchmark, which stays an
-evaluation set. The rows and the defaults they led to are in the README ("Retrieval quality").
+evaluation set. The shipped settings and the sweep that chose them: docs/scoring.md and docs/results.md.
 
-Usage: PYTHONPATH=. python benchmarks/decoding_sweep.py [--queries FILE | --dataset mini] [--checkpoint DIR]
+Usage: python -m benchmarks.decoding_sweep [--queries FILE | --dataset mini] [--checkpoint DIR]
        [--zero-shot] [--rows NAME ...] [--limit N]
 """
 
@@ -19,6 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys
 from pathlib import Path
+
+from benchmarks.env import print_environment
 
 TRAINED = {  # name: decoding options on top of the checkpoint's own
     "checkpoint default": {},
@@ -59,6 +61,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/decoding_sweep"))
     args = p.parse_args()
+    print_environment()
 
     from eval_vqa.loaders import load_dataset
     from eval_vqa.runner import RunConfig, run_retrieval

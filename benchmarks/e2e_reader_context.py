@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.env import print_environment
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a busy CPU)")
     ap.add_argument("--json", type=Path, help="also append the figures as one JSON line to this file")
     args = ap.parse_args(argv)
+    env = print_environment()
 
     import torch
 
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eval_vqa.loaders import load_dataset
     from eval_vqa.metrics import exact_match, vqa_accuracy
-    from gemkr_llamaindex import assets
-    from gemkr_llamaindex.llamaindex.query import VQAQueryBundle
+    from gemkr_llamaindex import VQAQueryBundle, assets
     from reader import VQAQueryEngine, VQAReader
 
     class NoRetriever(BaseRetriever):  # the engine wants one; this script hands the nodes to synthesize()
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": {k: str(v) for k, v in
                   vars(args).items()}, "n_items": len(items), "passages": total, "clued": clued,
-                  "results": summary, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+                  "results": summary, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                  "environment": env}
         with args.json.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
     return 0

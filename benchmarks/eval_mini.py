@@ -1,9 +1,9 @@
 """Retrieval table of the baselines on the shipped mini benchmark, with versions and hardware recorded.
 
-    python benchmarks/eval_mini.py                       # bm25, dense; question only
-    python benchmarks/eval_mini.py --tags classifier,ocr # question + visual tags
-    python benchmarks/eval_mini.py --retrievers bm25,dense,li --max-docs 2000
-    python benchmarks/eval_mini.py --dataset mini-text   # the text-only split: questions name the entity
+    python -m benchmarks.eval_mini                       # bm25, dense; question only
+    python -m benchmarks.eval_mini --tags classifier,ocr # question + visual tags
+    python -m benchmarks.eval_mini --retrievers bm25,dense,li --max-docs 2000
+    python -m benchmarks.eval_mini --dataset mini-text   # the text-only split: questions name the entity
 
 Prints the markdown table and appends one JSON line (results, settings, versions, CPU) to
 ``benchmarks/results/eval_mini.jsonl``. The corpus is the 10,033 packaged Wikipedia summaries unless
@@ -16,14 +16,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from benchmarks.env import ROOT, print_environment
 from eval_vqa.loaders import load_dataset
 from eval_vqa.runner import RunConfig, run_retrieval
 
@@ -48,6 +45,7 @@ def main() -> int:
     ap.add_argument("--relevance", choices=("substring", "word"), default="substring")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_mini"))
     args = ap.parse_args()
+    env = print_environment()
 
     cfg = RunConfig(dataset=args.dataset, retrievers=args.retrievers.split(","), ks=sorted(set(args.k)),
                     relevance=args.relevance, max_docs=args.max_docs, tags=args.tags)
@@ -60,7 +58,7 @@ def main() -> int:
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.perf_counter() - t0,
         "results": results, "versions": versions(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), "environment": env,
     }
     log = ROOT / "benchmarks" / "results" / "eval_mini.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ development files (``benchmarks/data``) only, never on the mini benchmark.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/evidence_sweep.py benchmarks/data/dev_text.jsonl \\
+    python -m benchmarks.evidence_sweep benchmarks/data/dev_text.jsonl \\
         benchmarks/data/dev_photo.jsonl benchmarks/data/dev_text_infer.jsonl [--option beams=30 ...]
 """
 
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.env import print_environment
 
 COLLECT_SOURCES = ("clues", "beams", "query", "inflections", "unigrams")
 
@@ -223,6 +225,7 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path("runs/evidence_sweep"))
     p.add_argument("--subwords", action="store_true", help="collect n-grams wherever their tokens occur (see collect)")
     args = p.parse_args()
+    print_environment()
     options = dict(o.split("=", 1) for o in args.option)
 
     from gemkr_llamaindex.kb_cache import wiki_summaries_kb

@@ -17,7 +17,7 @@ Prints one table with three parts (``docs/gpu.md`` lists what travels to the dev
 Targets on an H200: 7B batch-1 retrieval <= 150 ms/query, >= 50 queries/s batched, KB share <= 10%.
 ``--tiny`` runs the same code at toy sizes on a CPU (what ``tests`` and a machine without a GPU can check).
 
-Usage: PYTHONPATH=. python benchmarks/gpu_check.py [--tiny] [--device cuda] [--out results.json]
+Usage: python -m benchmarks.gpu_check [--tiny] [--device cuda] [--out results.json]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.env import print_environment
 
 SIZES = {  # name: (hidden, layers, heads, kv heads, intermediate)
     "llama-7b": (4096, 32, 32, 32, 11008),
@@ -224,6 +226,7 @@ def main() -> int:
     p.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/gemkr-gpu-check")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args()
+    env = print_environment()
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     args.kb_tokens = args.kb_tokens or (20_000 if args.tiny else 1_200_000)
     args.queries = args.queries or (3 if args.tiny else 30)
@@ -234,7 +237,7 @@ def main() -> int:
     kb = zipf_kb(Path(args.work) / "kb", args.kb_tokens, len(tok), tok)
     print(f"# GeMKR device check: {torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}, "
           f"torch {torch.__version__}, KB {kb.num_tokens:,} tokens / {kb.num_docs:,} docs", flush=True)
-    results: dict = {"device": args.device, "kb_tokens": kb.num_tokens}
+    results: dict = {"device": args.device, "kb_tokens": kb.num_tokens, "environment": env}
     results["training"] = training_part(args, tok)
     tr = results["training"]
     print("\n| part | setting | figure |\n|---|---|---|")

@@ -17,7 +17,7 @@ Query prefixes are drawn from random corpus positions (so frequent tokens are qu
 decoder does). The anchor figures for sdsl-lite (SEAL/GeMKR) are the ones quoted in the project's issue,
 measured earlier on this machine; sdsl is GPL and not on PyPI, so it is not rebuilt here.
 
-Usage: python benchmarks/kb_bench.py [--sizes 1e6 15e6 100e6] [--queries 400] [--out results.json]
+Usage: python -m benchmarks.kb_bench [--sizes 1e6 15e6 100e6] [--queries 400] [--out results.json]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.env import ROOT, print_environment
 
 VOCAB = 32_000
 DOC_LEN = 150
@@ -188,7 +190,8 @@ def build_child(spec: dict) -> None:
 def build_ours(corpus: str, tokens: int, out: Path, max_ram_gb: float | None, shard_tokens: int | None) -> dict:
     spec = json.dumps({"corpus": corpus, "tokens": tokens, "out": str(out), "max_ram_gb": max_ram_gb,
                        "shard_tokens": shard_tokens})
-    done = subprocess.run([sys.executable, __file__, "--_build-child", spec], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kb_bench", "--_build-child", spec], capture_output=True,
+                          text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -618,6 +621,7 @@ def main() -> None:
     if args.build_child:
         build_child(json.loads(args.build_child))
         return
+    env = print_environment()
     if args.report_from:
         saved = json.loads(args.report_from.read_text())
         print(f"(rows measured by: {saved.get('command', 'see ' + str(args.report_from))})")
@@ -635,7 +639,8 @@ def main() -> None:
     print("\n" + text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "report": text}, indent=2))
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "report": text,
+                                             "environment": env}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ constrained decoding, 20 beams in 4 groups, clues of 4-12 tokens).
 
 Measured (2-core shared CPU, SmolLM2-135M + LoRA r=8, random ViT 128x4 patch 8, 300 steps of batch 8,
 lr 2e-3, vision lr x30; 24 documents, 48 held-out queries, chance R@1 = 0.042; 281 s of training,
-369 s in all with the detector cached; ``PYTHONPATH=. python benchmarks/learnability.py --threads 2``):
+369 s in all with the detector cached; ``python -m benchmarks.learnability --threads 2``):
 
     | ranking                         | with image R@1 / R@5 | image blanked R@1 / R@5 |
     | clue likelihood                 | 0.542 / 0.958        | 0.042 / 0.208           |
@@ -31,9 +31,9 @@ pretrained CLIP the [CLS] would carry it too.
 
 The minute-long version is tests/test_learnability.py (3 colours, 60 steps: held-out R@1 1.0 vs 0.33 blanked).
 
-    PYTHONPATH=. python benchmarks/learnability.py                      # the figures above
-    PYTHONPATH=. python benchmarks/learnability.py --detector-epochs 0  # ablation: no objects
-    PYTHONPATH=. python benchmarks/learnability.py --device cuda --vit-width 768 --vit-layers 12  # GPU
+    python -m benchmarks.learnability                      # the figures above
+    python -m benchmarks.learnability --detector-epochs 0  # ablation: no objects
+    python -m benchmarks.learnability --device cuda --vit-width 768 --vit-layers 12  # GPU
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from benchmarks.env import print_environment
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    env = print_environment()
 
     import torch
 
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         train_s = time.perf_counter() - t1
         result = {
             "args": vars(args),
+            "environment": env,
             "untrained": before,
             "image": evaluate(model, eval_clues, tests, blank=False),
             "blanked": evaluate(model, eval_clues, tests, blank=True),

@@ -13,8 +13,8 @@ a training YAML, ``eval-vqa --option llm=path``): it is converted once into a Hu
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/llm_scaling.py --assemble ~/gguf-parts
-    PYTHONPATH=. python benchmarks/llm_scaling.py --llm smollm2 --llm /path/qwen.gguf [--checkpoint DIR ...]
+    python -m benchmarks.llm_scaling --assemble ~/gguf-parts
+    python -m benchmarks.llm_scaling --llm smollm2 --llm /path/qwen.gguf [--checkpoint DIR ...]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import re
 import sys
 import zipfile
 from pathlib import Path
+
+from benchmarks.env import print_environment
 
 
 def assemble(parts_dir: Path, name: str = "qwen2.5-coder-0.5b-instruct.gguf") -> Path:
@@ -86,6 +88,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/llm_scaling"))
     args = p.parse_args()
+    print_environment()
     if args.assemble:
         path = assemble(args.assemble)
         print(f"{path} ({path.stat().st_size:,} bytes)")

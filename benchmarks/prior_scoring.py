@@ -5,12 +5,12 @@ clues real searches returned.
 Each scores every query's clues under the empty prompt, as ``ClueGenerator.calibrate`` does (which also
 keeps the empty prompt's encoding from one call to the next: the third row); the table gives
 median and p99 ms per query, tokens run per query (distinct prefixes vs padded clue tokens) and the largest
-score difference (float rounding only). The clues come from ``benchmarks/clue_report.py --dump``.
+score difference (float rounding only). The clues come from ``python -m benchmarks.clue_report --dump``.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/clue_report.py benchmarks/data/dev_text.jsonl --quiet --dump runs/dev_text_clues.json
-    PYTHONPATH=. python benchmarks/prior_scoring.py runs/dev_text_clues.json [--checkpoint DIR] [--threads 2]
+    python -m benchmarks.clue_report benchmarks/data/dev_text.jsonl --quiet --dump runs/dev_text_clues.json
+    python -m benchmarks.prior_scoring runs/dev_text_clues.json [--checkpoint DIR] [--threads 2]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.env import print_environment
 
 
 def padded_scores(llm, prompt, clue_ids: list[list[int]], pad: int) -> torch.Tensor:
@@ -59,6 +61,7 @@ def main() -> int:
     p.add_argument("--checkpoint", default=None, help="default: the checkpoint shipped for the packaged corpus")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print_environment()
     torch.set_num_threads(args.threads)
 
     from gemkr_llamaindex.checkpoints import packaged_checkpoint

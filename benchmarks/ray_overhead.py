@@ -8,7 +8,7 @@ on this machine), it times the constraint calls the decoder makes for 20 beams (
 With ``--retrieve N`` it also runs N zero-shot GeMKR retrievals (SmolLM2, packaged) over both and
 reports ms/query and whether the documents are identical.
 
-Usage: python benchmarks/ray_overhead.py [--shards 4] [--actors 1 2 4] [--calls 200] [--retrieve 4]
+Usage: python -m benchmarks.ray_overhead [--shards 4] [--actors 1 2 4] [--calls 200] [--retrieve 4]
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kb_bench import BEAMS, decode_workload, fmt_us, timeit  # the same workload and timer as kb_bench.py
+
+from benchmarks.env import print_environment
+from benchmarks.kb_bench import BEAMS, decode_workload, fmt_us, timeit  # the same workload and timer as kb_bench.py
 
 
 def cases_for(kb, docs_tokens, rng, n: int, depth: int = 2):
@@ -48,6 +50,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--retrieve", type=int, default=0, help="also time N zero-shot GeMKR retrievals")
     args = p.parse_args()
+    print_environment()
 
     import ray
 

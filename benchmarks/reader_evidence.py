@@ -10,12 +10,12 @@ match per file and retriever:
 * ``k``: how many of the retrieved passages are read (all, or the top one alone);
 * ``spans``: free generation, or an answer constrained to spans of the passages read (:mod:`reader.spans`).
 
-The reader gets no visual hints (with the 135M reader they cost exact match; see the README). Modes are
+The reader gets no visual hints (with the 135M reader they cost exact match; docs/evaluation.md). Modes are
 chosen on the development files (``benchmarks/data``) only.
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/reader_evidence.py benchmarks/data/dev_text.jsonl \\
+    python -m benchmarks.reader_evidence benchmarks/data/dev_text.jsonl \\
         benchmarks/data/dev_photo.jsonl benchmarks/data/dev_text_infer.jsonl [--retrievers gemkr,bm25]
 """
 
@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.env import print_environment
 
 MODES = [  # (context, k, spans)
     ("passage", 3, False), ("clue_window", 3, False), ("evidence_window", 3, False), ("evidence_window", 1, False),
@@ -90,6 +92,7 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path("runs/reader_evidence"))
     p.add_argument("--modes", type=int, nargs="+", default=None, help="indices into MODES (default: all)")
     args = p.parse_args()
+    print_environment()
 
     from llama_index.core.schema import NodeWithScore, TextNode
 

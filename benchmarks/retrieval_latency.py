@@ -10,7 +10,7 @@ queries in the same process:
 * **new**: the library's search: candidate selection as tensor ops where the log-probs are (only
   beams x m candidates reach the host) and the KB asked through the constraint interface, one fused
   ``step`` (extend + counts + unique document) per group step plus ``children`` for rare prefixes;
-* **old**: ``benchmarks/host_search.py``, the search before that change (full log-prob rows to the host,
+* **old**: ``tests/host_search.py`` (a test oracle), the search before that change (full log-prob rows to the host,
   separate ``extend`` / ``counts`` / ``unique_docs`` / ``next_tokens_of`` calls);
 
 and asserts that both return identical clues (``anchor="any"``, ``allow_doc_end=False``: the old search
@@ -24,16 +24,19 @@ default ViT-B-16; the paper's ViT-L-14 also works): the compute, hence the laten
 detector runs with a near-zero confidence threshold so every image yields the full 5 objects (worst case).
 Random weights make the clues meaningless; only the timings are the point.
 
-Usage: python benchmarks/retrieval_latency.py [--queries 8] [--batches 1 8 32] [--device cpu] [--gemkr]
+Usage: python -m benchmarks.retrieval_latency [--queries 8] [--batches 1 8 32] [--device cpu] [--gemkr]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import sys
 import time
+
+from benchmarks.env import ROOT, print_environment
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -49,6 +52,16 @@ QUESTIONS = [
     "What is the currency of Japan?",
     "Who developed the theory of relativity?",
 ]
+
+
+def host_search():
+    """The search as it was before device-side candidate selection: the frozen test oracle kept beside the
+    tests' other references (``tests/host_search.py``), loaded from its file (``tests`` is no package)."""
+    spec = importlib.util.spec_from_file_location("host_search", ROOT / "tests" / "host_search.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are defined
+    spec.loader.exec_module(module)
+    return module.HostSideBeamSearch
 
 
 def run(generator, kb, questions, batch: int, search=None) -> dict:
@@ -162,9 +175,10 @@ def main() -> None:
     p.add_argument("--gemkr", action="store_true", help="also time the multimodal GeMKR path (detector, vision)")
     p.add_argument("--clip-model", default="ViT-B-16", help="open_clip architecture of the --gemkr vision tower")
     args = p.parse_args()
+    print_environment()
+    HostSideBeamSearch = host_search()
 
     import torch
-    from host_search import HostSideBeamSearch
 
     from gemkr_llamaindex.decoding import DecodingConfig
     from gemkr_llamaindex.kb_cache import wiki_summaries_kb

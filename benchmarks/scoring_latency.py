@@ -15,7 +15,7 @@ the evidence modes the share of time spent after the search (n-gram scoring, KB 
 
 Usage::
 
-    PYTHONPATH=. python benchmarks/scoring_latency.py [--queries benchmarks/data/dev_text_infer.jsonl] [--limit 30]
+    python -m benchmarks.scoring_latency [--queries benchmarks/data/dev_text_infer.jsonl] [--limit 30]
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.env import print_environment
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
@@ -45,6 +47,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="first N queries of each file")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    print_environment()
 
     import torch
 

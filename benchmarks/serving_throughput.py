@@ -6,7 +6,7 @@ and the p50/p99 latency a client sees, for plain concurrent calls and for ``batc
 (requests arriving within the window share one decoding batch), measured in the same process, and checks
 that every query got the same documents both ways.
 
-Usage: PYTHONPATH=. python benchmarks/serving_throughput.py [--clients 8] [--per-client 2] [--window-ms 20]
+Usage: python -m benchmarks.serving_throughput [--clients 8] [--per-client 2] [--window-ms 20]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import statistics
 import sys
 import threading
 import time
+
+from benchmarks.env import print_environment
 
 QUESTIONS = ["What is the capital of France?", "Who painted the Mona Lisa?", "What does a bee make?",
              "Which planet is known as the red planet?", "What is the largest ocean on Earth?",
@@ -57,6 +59,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args()
+    print_environment()
 
     import torch
 

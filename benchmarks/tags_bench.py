@@ -11,7 +11,7 @@
    scored at least ``--min-score``). A query counts as a hit at k when any of the top-k doc ids is in
    its ``gold_doc_ids``. Dense document vectors are cached under ``assets.cache_dir()/bench``.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/tags_bench.py [--repeats 3] [--max-tags 5]``
+Run: ``python -m benchmarks.tags_bench [--repeats 3] [--max-tags 5]``
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
+from benchmarks.env import print_environment
 from gemkr_llamaindex.tags import (
     CompositeTagger,
     ImageNetTagger,
@@ -338,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-retrieval", action="store_true")
     args = parser.parse_args(argv)
+    print_environment()
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"machine: {machine()}")

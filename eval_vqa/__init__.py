@@ -7,6 +7,8 @@
 * :mod:`eval_vqa.loaders` - OK-VQA (GS112K, WK21M), GeMKR JSON, ReMuQ, M2KR, our JSONL, the mini benchmark.
 * :mod:`eval_vqa.baselines` - BM25, dense text, CLIP image-to-text and late-interaction retrievers.
 * :mod:`eval_vqa.runner` / :mod:`eval_vqa.cli` - resumable runs, reports and plots (``eval-vqa``).
+* :mod:`eval_vqa.analysis` - a run's recall split by whether the query names its entity; dumped clues
+  ranked again under another clue scoring.
 * :mod:`eval_vqa.mini` / :mod:`gemkr_llamaindex.images` - the shipped mini benchmark and its packaged images.
 
 Importing this package is cheap: submodules load torch, llama-index or models only when used.

@@ -365,13 +365,9 @@ def test_prior_calibrated_scores_follow_their_formula(index, tiny_llm):
 
 def test_reranking_dumped_clues_equals_decoding_with_that_scoring(index, tiny_llm):
     """The search does not depend on how finished clues are scored: one run's clues, ranked again under
-    another prior weight or document score (``benchmarks/rescore_clues.py``), give the documents a run
-    with those settings returns."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from rescore_clues import rerank
+    another prior weight or document score (``eval_vqa.analysis.rerank``, what ``benchmarks/rescore_clues.py``
+    runs), give the documents a run with those settings returns."""
+    from eval_vqa.analysis import rerank
 
     llm, tok = tiny_llm
     dumped = ClueGenerator(llm=llm, tokenizer=tok, config=CFG.replace(prior_weight=0.5)).generate(QUESTIONS, index.kb)

@@ -323,15 +323,12 @@ def test_packaged_checkpoint_is_found_by_corpus_fingerprint_and_never_a_swap_lef
 
 
 def test_recall_split_by_tags_naming_the_entity_or_a_kind_of_it_and_by_question(wordnet, tmp_path):
-    """``benchmarks/recall_split.py``: tags are on target when one names a gold document or WordNet files it
-    under one, a question names its gold document when the title is in it; the run's items are split by
-    such a rule and each side's recall is its own items' mean."""
+    """``eval_vqa.analysis`` (what ``benchmarks/recall_split.py`` runs): tags are on target when one names a
+    gold document or WordNet files it under one, a question names its gold document when the title is in
+    it; the run's items are split by such a rule and each side's recall is its own items' mean."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from recall_split import question_names_gold, split_table, tags_on_target
+    from eval_vqa.analysis import question_names_gold, split_table, tags_on_target
 
     assert tags_on_target("bubble, tiger cat", ["Cat"], wordnet)  # tiger cat -> domestic cat -> cat
     assert tags_on_target("Madrid", ["madrid"], None)  # an exact title needs no WordNet

@@ -17,9 +17,9 @@ defaults come from the development questions (``benchmarks/data``).
 Usage (about an hour on 2 CPU cores: 3,000 steps of 8, bf16 autocast where the CPU has bf16 instructions;
 WordNet from Debian's ``wordnet-base`` if installed)::
 
-    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --out runs/wiki-smollm2
-    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --install runs/wiki-smollm2/final
-    PYTHONPATH=. .venv/bin/python benchmarks/train_wiki_checkpoint.py --llm /path/qwen.gguf --out runs/wiki-qwen
+    python scripts/train_wiki_checkpoint.py --out runs/wiki-smollm2
+    python scripts/train_wiki_checkpoint.py --install runs/wiki-smollm2/final
+    python scripts/train_wiki_checkpoint.py --llm /path/qwen.gguf --out runs/wiki-qwen
 
 ``--llm`` trains another LLM the same way (a name, a Hugging Face folder or a GGUF file; see
 ``benchmarks/llm_scaling.py``) over a KB of the same summaries in that LLM's tokenizer (built once under the
