@@ -1,7 +1,7 @@
 """Reader accuracy and time, whole passages vs clue windows, on the mini benchmark's gold passages.
 
-    python benchmarks/e2e_reader_context.py                     # 41 mini items, window 1, SmolLM2
-    python benchmarks/e2e_reader_context.py --dataset mini-text --window 0 --limit 10
+    python -m benchmarks.e2e_reader_context                     # 41 mini items, window 1, SmolLM2
+    python -m benchmarks.e2e_reader_context --dataset mini-text --window 0 --limit 10
 
 For every item the reader (``reader.VQAQueryEngine`` over ``VQAReader``, packaged SmolLM2-135M-Instruct
 unless ``--model``) answers twice from the item's gold passages (an oracle, so retrieval errors do not

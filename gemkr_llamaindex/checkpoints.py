@@ -1,8 +1,8 @@
 """Trained GeMKR checkpoints that ship inside the package.
 
 ``wiki-smollm2``: SmolLM2-135M-Instruct + LoRA, no vision tower (question + visual tags), trained on
-pseudo-queries made from the 10,033 packaged Wikipedia summaries alone (``benchmarks/train_wiki_checkpoint.py``
-regenerates it; the README gives data, time and figures). It holds the trainable weights only (a few
+pseudo-queries made from the 10,033 packaged Wikipedia summaries alone (``scripts/train_wiki_checkpoint.py``
+regenerates it; docs/training.md gives data, time and figures). It holds the trainable weights only (a few
 MB of safetensors) and the fingerprints of its base model, which is the packaged SmolLM2.
 
 A checkpoint records the corpus it was trained for (``corpus.json``: document count and a SHA-256 over

@@ -212,7 +212,7 @@ class KnowledgeBase:
         """Open a KB directory by memory mapping (cheap; processes share pages).
 
         ``verify`` (default True, at every size): check every file's XXH64 checksum against the manifest
-        (memory speed; see the README for figures). With ``verify=False`` sizes, the manifest and every
+        (memory speed; figures in docs/results.md). With ``verify=False`` sizes, the manifest and every
         structural value of the shards are still checked, so a corrupt file raises
         :class:`IndexFormatError` rather than crashing. ``tokenizer``: if given, it must produce the
         KB's ids (vocabulary and pipeline; :class:`TokenizerMismatchError` otherwise).
