@@ -119,26 +119,37 @@ def run_key(dataset, checkpoint: str | Path | None) -> str:
     return f"{'trained' if checkpoint else 'zero_shot'}-{h.hexdigest()[:12]}"
 
 
+def table_runs(checkpoint: str | Path | None) -> list[tuple[str, object]]:
+    """The table's two runs (sub-folder, RunConfig): question only (the baselines), question + visual tags
+    (GeMKR beside them). The GeMKR options go only to the run with a GeMKR row: a run rejects an option
+    none of its retrievers reads."""
+    from eval_vqa.runner import RunConfig
+
+    gemkr_options = {"checkpoint": str(checkpoint)} if checkpoint else {"zero_shot": "1"}
+    return [
+        ("question", RunConfig("mini", ["bm25", "dense"], [1, 5, 10])),
+        ("question+tags", RunConfig("mini", ["gemkr", "gemkr-fast", "bm25", "dense"], [1, 5, 10],
+                                    tags="classifier,ocr", options=gemkr_options)),
+    ]
+
+
 def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     """GeMKR, BM25 and dense retrieval on the whole mini benchmark, with and without visual tags."""
     import shutil
 
     from eval_vqa.loaders import load_dataset
     from eval_vqa.report import markdown_table
-    from eval_vqa.runner import RunConfig, run_retrieval
+    from eval_vqa.runner import run_retrieval
 
     dataset = load_dataset("mini")
     out = cache_dir() / "demo_runs" / run_key(dataset, checkpoint)  # never resume another model's or corpus's run
     if fresh:
         shutil.rmtree(out, ignore_errors=True)
-    options = {"checkpoint": str(checkpoint)} if checkpoint else {"zero_shot": "1"}
     print(f"\nretrieval on the mini benchmark ({len(dataset.queries)} image+question items, corpus = the "
           f"10,033 summaries); per-query results resume from {out}")
-    plain = run_retrieval(dataset, RunConfig("mini", ["bm25", "dense"], [1, 5, 10], options=options),
-                          out / "question", progress=True)
-    tagged = run_retrieval(dataset, RunConfig("mini", ["gemkr", "gemkr-fast", "bm25", "dense"], [1, 5, 10],
-                                              tags="classifier,ocr",
-                                              options=options), out / "question+tags", progress=True)
+    (plain_dir, plain_config), (tagged_dir, tagged_config) = table_runs(checkpoint)
+    plain = run_retrieval(dataset, plain_config, out / plain_dir, progress=True)
+    tagged = run_retrieval(dataset, tagged_config, out / tagged_dir, progress=True)
     print("\n## question only\n")
     print(markdown_table(plain))
     print("\n## question + visual tags (GeMKR reads them in its instruction's tags slot)\n")
@@ -146,7 +157,6 @@ def retrieval_table(fresh: bool, checkpoint: str | Path | None) -> None:
     print("\nCLIP and late-interaction baselines need real CLIP weights (none ship offline): "
           "eval-vqa retrieval --retrievers clip,li --clip-pretrained PATH")
     print(f"reports and plots: {Path(out)} (ms/query as measured when each row was computed; --fresh re-times)")
-
 
 if __name__ == "__main__":
     main()
