@@ -15,11 +15,11 @@ the corpus.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
-_EDGE = "\"'`.,;:!?()[]{}"
+from gemkr_llamaindex.decoding.evidence import word_spans
+
 _END = -1  # trie key marking "a span may end here"
 
 
@@ -28,13 +28,10 @@ def passage_spans(texts: Sequence[str], max_words: int = 3) -> list[str]:
     its first letter, without duplicates."""
     out: dict[str, None] = {}
     for text in texts:
-        words = [w.strip(_EDGE) for w in re.split(r"\s+", text or "")]
-        words = [w for w in words if w]
-        for i in range(len(words)):
-            for j in range(i + 1, min(i + max_words, len(words)) + 1):
-                span = " ".join(words[i:j])
-                for form in (span, span[:1].upper() + span[1:], span[:1].lower() + span[1:]):
-                    out.setdefault(form, None)
+        for words in word_spans(text or "", max_words):
+            span = " ".join(words)
+            for form in (span, span[:1].upper() + span[1:], span[:1].lower() + span[1:]):
+                out.setdefault(form, None)
     return list(out)
 
 

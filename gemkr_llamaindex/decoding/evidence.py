@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -144,19 +144,23 @@ def stopwords() -> frozenset[str]:
     return frozenset(w.lower() for w in globals_helper.stopwords)
 
 
+def word_spans(text: str, max_words: int) -> Iterator[list[str]]:
+    """Every run of 1..``max_words`` consecutive words of ``text`` (split at white space, edge punctuation
+    stripped), in order of appearance. The query's n-grams and the reader's answer spans both build on it."""
+    words = [w for w in (w.strip(_EDGE) for w in text.split()) if w]
+    for i in range(len(words)):
+        for j in range(i + 1, min(i + max_words, len(words)) + 1):
+            yield words[i:j]
+
+
 def query_spans(text: str, max_words: int = 3) -> list[str]:
     """Word spans of 1..``max_words`` words within each segment of ``text`` (split at punctuation and
     commas), in order of appearance, without duplicates; spans made of stop words only are dropped."""
     stop = stopwords()
     out: dict[str, None] = {}
     for segment in _SEGMENT.split(text or ""):
-        words = [w.strip(_EDGE) for w in segment.split()]
-        words = [w for w in words if w]
-        for i in range(len(words)):
-            for j in range(i + 1, min(i + max_words, len(words)) + 1):
-                span = words[i:j]
-                if all(w.lower() in stop for w in span):
-                    continue
+        for span in word_spans(segment, max_words):
+            if not all(w.lower() in stop for w in span):
                 out.setdefault(" ".join(span), None)
     return list(out)
 
